@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The project's one test command (README "Run the tests"): installs what the
+# tests need, then runs format, lint and the whole test suite.
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
