@@ -1,0 +1,607 @@
+//! SDP offer/answer (RFC 3264) for a recording server, on `sdp-types`.
+//!
+//! A recorder only receives: every accepted stream is answered `recvonly`
+//! (or `inactive` when the offer is), keeps its `a=label` (RFC 7866 §8.1),
+//! and lists every offered codec it can decode so the sender may switch
+//! codec mid-call without a re-INVITE. Streams it cannot record (video,
+//! SRTP for now, no decodable codec) are rejected with port 0; if none is
+//! left the offer deserves 488.
+
+use std::net::{IpAddr, SocketAddr};
+
+use sdp_types::{Attribute, Connection, Media, Origin, Session, Time};
+
+/// Media direction attribute of RFC 4566 §6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn from_attr(name: &str) -> Option<Direction> {
+        Some(match name {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// Does the offerer send media in this direction?
+    pub fn offerer_sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+}
+
+/// One `a=rtpmap` (or the static default of RFC 3551 for payload types < 96).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtpMap {
+    pub pt: u8,
+    /// Encoding name, uppercased (`PCMU`, `TELEPHONE-EVENT`, ...).
+    pub encoding: String,
+    /// RTP clock rate from the SDP (G.722 says 8000 by RFC 3551 tradition).
+    pub clock_rate: u32,
+    pub channels: u8,
+}
+
+impl RtpMap {
+    pub fn is_telephone_event(&self) -> bool {
+        self.encoding == "TELEPHONE-EVENT"
+    }
+
+    pub fn is_comfort_noise(&self) -> bool {
+        self.encoding == "CN"
+    }
+
+    fn to_attr(&self) -> String {
+        let enc = match self.encoding.as_str() {
+            "TELEPHONE-EVENT" => "telephone-event".to_owned(),
+            other => other.to_owned(),
+        };
+        if self.channels > 1 {
+            format!("{} {}/{}/{}", self.pt, enc, self.clock_rate, self.channels)
+        } else {
+            format!("{} {}/{}", self.pt, enc, self.clock_rate)
+        }
+    }
+}
+
+/// RFC 3551 static payload types a recorder may meet.
+pub fn static_rtpmap(pt: u8) -> Option<RtpMap> {
+    let (enc, rate) = match pt {
+        0 => ("PCMU", 8000),
+        3 => ("GSM", 8000),
+        4 => ("G723", 8000),
+        8 => ("PCMA", 8000),
+        9 => ("G722", 8000),
+        13 => ("CN", 8000),
+        18 => ("G729", 8000),
+        _ => return None,
+    };
+    Some(RtpMap {
+        pt,
+        encoding: enc.to_owned(),
+        clock_rate: rate,
+        channels: 1,
+    })
+}
+
+/// One offered `m=` section, reduced to what recording needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedStream {
+    pub index: usize,
+    pub media: String,
+    pub port: u16,
+    pub proto: String,
+    pub formats: Vec<String>,
+    /// Media-level connection address, else the session-level one.
+    pub addr: Option<IpAddr>,
+    pub label: Option<String>,
+    pub direction: Direction,
+    /// Codec map for the numeric formats, dynamic and static.
+    pub rtpmaps: Vec<RtpMap>,
+    pub fmtp: Vec<(u8, String)>,
+    /// `a=rtcp` port (and address) when given.
+    pub rtcp: Option<(u16, Option<IpAddr>)>,
+    pub rtcp_mux: bool,
+    pub ptime: Option<u32>,
+}
+
+impl OfferedStream {
+    /// Is the stream on hold / not sending (direction or `c=0.0.0.0`)?
+    pub fn is_held(&self) -> bool {
+        !self.direction.offerer_sends()
+            || self.addr.is_some_and(|a| a.is_unspecified())
+            || self.port == 0
+    }
+
+    /// Remote RTP address, if usable.
+    pub fn remote(&self) -> Option<SocketAddr> {
+        match self.addr {
+            Some(a) if !a.is_unspecified() && self.port != 0 => Some(SocketAddr::new(a, self.port)),
+            _ => None,
+        }
+    }
+}
+
+/// A parsed session description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionDescription {
+    pub origin_session_id: String,
+    pub origin_version: u64,
+    pub streams: Vec<OfferedStream>,
+}
+
+/// Why an SDP body cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    #[error("malformed SDP: {0}")]
+    Malformed(String),
+    #[error("SDP has no media streams")]
+    NoMedia,
+}
+
+/// Parses an SDP body.
+pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
+    let session = Session::parse(body).map_err(|e| SdpError::Malformed(e.to_string()))?;
+    let session_addr = session.connection.as_ref().and_then(conn_ip);
+    let session_dir = session
+        .attributes
+        .iter()
+        .find_map(|a| Direction::from_attr(&a.attribute));
+    let mut streams = Vec::new();
+    for (index, m) in session.medias.iter().enumerate() {
+        let attr = |name: &str| {
+            m.attributes
+                .iter()
+                .find(|a| a.attribute.eq_ignore_ascii_case(name))
+        };
+        let formats: Vec<String> = m.fmt.split_whitespace().map(str::to_owned).collect();
+        let mut rtpmaps = Vec::new();
+        for f in &formats {
+            let Ok(pt) = f.parse::<u8>() else { continue };
+            let explicit = m
+                .attributes
+                .iter()
+                .filter(|a| a.attribute.eq_ignore_ascii_case("rtpmap"))
+                .find_map(|a| {
+                    let v = a.value.as_deref()?;
+                    let (p, rest) = v.split_once(char::is_whitespace)?;
+                    (p.trim().parse::<u8>().ok()? == pt).then(|| parse_rtpmap(pt, rest.trim()))?
+                });
+            if let Some(map) = explicit.or_else(|| static_rtpmap(pt)) {
+                rtpmaps.push(map);
+            }
+        }
+        let fmtp = m
+            .attributes
+            .iter()
+            .filter(|a| a.attribute.eq_ignore_ascii_case("fmtp"))
+            .filter_map(|a| {
+                let v = a.value.as_deref()?;
+                let (p, rest) = v.split_once(char::is_whitespace)?;
+                Some((p.trim().parse().ok()?, rest.trim().to_owned()))
+            })
+            .collect();
+        let direction = m
+            .attributes
+            .iter()
+            .find_map(|a| Direction::from_attr(&a.attribute.to_ascii_lowercase()))
+            .or(session_dir)
+            .unwrap_or(Direction::SendRecv);
+        let rtcp = attr("rtcp").and_then(|a| a.value.as_deref()).and_then(|v| {
+            let mut it = v.split_whitespace();
+            let port = it.next()?.parse().ok()?;
+            let addr = match (it.next(), it.next(), it.next()) {
+                (Some("IN"), Some(_), Some(ip)) => ip.parse().ok(),
+                _ => None,
+            };
+            Some((port, addr))
+        });
+        streams.push(OfferedStream {
+            index,
+            media: m.media.to_ascii_lowercase(),
+            port: m.port,
+            proto: m.proto.clone(),
+            formats,
+            addr: m.connections.first().and_then(conn_ip).or(session_addr),
+            label: attr("label")
+                .and_then(|a| a.value.clone())
+                .map(|l| l.trim().to_owned()),
+            direction,
+            rtpmaps,
+            fmtp,
+            rtcp,
+            rtcp_mux: attr("rtcp-mux").is_some(),
+            ptime: attr("ptime").and_then(|a| a.value.as_deref()?.trim().parse().ok()),
+        });
+    }
+    if streams.is_empty() {
+        return Err(SdpError::NoMedia);
+    }
+    Ok(SessionDescription {
+        origin_session_id: session.origin.sess_id.clone(),
+        origin_version: session.origin.sess_version,
+        streams,
+    })
+}
+
+fn parse_rtpmap(pt: u8, v: &str) -> Option<RtpMap> {
+    let mut it = v.split('/');
+    let encoding = it.next()?.trim().to_ascii_uppercase();
+    let clock_rate = it.next()?.trim().parse().ok()?;
+    let channels = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1);
+    (!encoding.is_empty()).then_some(RtpMap {
+        pt,
+        encoding,
+        clock_rate,
+        channels,
+    })
+}
+
+fn conn_ip(c: &Connection) -> Option<IpAddr> {
+    // Multicast forms carry `/ttl`; recorders only see unicast, but be safe.
+    c.connection_address.split('/').next()?.trim().parse().ok()
+}
+
+/// What the recorder agreed to receive on one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedStream {
+    pub index: usize,
+    pub label: Option<String>,
+    /// Accepted for recording (else answered with port 0).
+    pub accepted: bool,
+    /// Why it was rejected, for logs and the 488 Warning.
+    pub rejection: Option<&'static str>,
+    /// Decodable audio codecs, in the offer's preference order.
+    pub codecs: Vec<RtpMap>,
+    pub telephone_event: Option<RtpMap>,
+    pub comfort_noise: Option<u8>,
+    pub remote: Option<SocketAddr>,
+    pub rtcp_mux: bool,
+    pub held: bool,
+    pub offer_direction: Direction,
+}
+
+impl NegotiatedStream {
+    /// Direction the recorder answers with.
+    pub fn answer_direction(&self) -> Direction {
+        if self.held {
+            Direction::Inactive
+        } else {
+            Direction::RecvOnly
+        }
+    }
+}
+
+/// Decides per stream what to accept. `decodable` says whether the media
+/// engine can decode a codec.
+pub fn negotiate(
+    offer: &SessionDescription,
+    decodable: &dyn Fn(&RtpMap) -> bool,
+) -> Vec<NegotiatedStream> {
+    offer
+        .streams
+        .iter()
+        .map(|s| {
+            let mut n = NegotiatedStream {
+                index: s.index,
+                label: s.label.clone(),
+                accepted: false,
+                rejection: None,
+                codecs: Vec::new(),
+                telephone_event: None,
+                comfort_noise: None,
+                remote: s.remote(),
+                rtcp_mux: s.rtcp_mux,
+                held: !s.direction.offerer_sends() || s.addr.is_some_and(|a| a.is_unspecified()),
+                offer_direction: s.direction,
+            };
+            let proto = s.proto.to_ascii_uppercase();
+            if s.media != "audio" {
+                n.rejection = Some("only audio is recorded");
+            } else if s.port == 0 {
+                n.rejection = Some("stream disabled by offerer");
+            } else if proto.contains("SAVP") || proto.starts_with("UDP/TLS") {
+                n.rejection = Some("SRTP is not supported");
+            } else if !proto.starts_with("RTP/AVP") {
+                n.rejection = Some("unsupported transport protocol");
+            } else {
+                n.codecs = s
+                    .rtpmaps
+                    .iter()
+                    .filter(|m| !m.is_telephone_event() && !m.is_comfort_noise() && decodable(m))
+                    .cloned()
+                    .collect();
+                if n.codecs.is_empty() {
+                    n.rejection = Some("no decodable codec offered");
+                } else {
+                    n.accepted = true;
+                    let rates: Vec<u32> = n.codecs.iter().map(|c| c.clock_rate).collect();
+                    n.telephone_event = s
+                        .rtpmaps
+                        .iter()
+                        .find(|m| m.is_telephone_event() && rates.contains(&m.clock_rate))
+                        .cloned();
+                    n.comfort_noise = s
+                        .rtpmaps
+                        .iter()
+                        .find(|m| m.is_comfort_noise() && m.clock_rate == 8000)
+                        .map(|m| m.pt);
+                }
+            }
+            n
+        })
+        .collect()
+}
+
+/// Local parameters of an answer or offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalSdp {
+    pub addr: IpAddr,
+    pub session_id: u64,
+    /// Incremented for every new description within a dialog (RFC 3264 §8).
+    pub version: u64,
+}
+
+fn base_session(local: &LocalSdp) -> Session {
+    let addrtype = if local.addr.is_ipv4() { "IP4" } else { "IP6" };
+    let origin = Origin {
+        username: Some("callvault".into()),
+        sess_id: local.session_id.to_string(),
+        sess_version: local.version,
+        nettype: "IN".into(),
+        addrtype: addrtype.into(),
+        unicast_address: local.addr.to_string(),
+    };
+    let mut s = Session::new(origin, "callvault");
+    s.connection = Some(Connection {
+        nettype: "IN".into(),
+        addrtype: addrtype.into(),
+        connection_address: local.addr.to_string(),
+    });
+    s.times.push(Time::new(0, 0));
+    s
+}
+
+fn rtp_proto(offer_proto: &str) -> String {
+    if offer_proto.to_ascii_uppercase().starts_with("RTP/AVP") {
+        offer_proto.to_owned()
+    } else {
+        "RTP/AVP".to_owned()
+    }
+}
+
+/// Builds the SDP answer. `ports[i]` is the local RTP port of stream `i`
+/// (ignored for rejected streams).
+pub fn build_answer(
+    offer: &SessionDescription,
+    negotiated: &[NegotiatedStream],
+    ports: &[u16],
+    local: &LocalSdp,
+) -> Vec<u8> {
+    let mut s = base_session(local);
+    for (i, (o, n)) in offer.streams.iter().zip(negotiated).enumerate() {
+        if !n.accepted {
+            let fmt = o.formats.first().cloned().unwrap_or_else(|| "0".into());
+            s.medias.push(media_line(&o.media, 0, &o.proto, fmt));
+            continue;
+        }
+        let mut pts: Vec<String> = n.codecs.iter().map(|c| c.pt.to_string()).collect();
+        if let Some(te) = &n.telephone_event {
+            pts.push(te.pt.to_string());
+        }
+        if let Some(cn) = n.comfort_noise {
+            pts.push(cn.to_string());
+        }
+        let mut m = media_line(
+            "audio",
+            ports.get(i).copied().unwrap_or(0),
+            &rtp_proto(&o.proto),
+            pts.join(" "),
+        );
+        for c in &n.codecs {
+            m.attributes
+                .push(Attribute::with_value("rtpmap", c.to_attr()));
+        }
+        if let Some(te) = &n.telephone_event {
+            m.attributes
+                .push(Attribute::with_value("rtpmap", te.to_attr()));
+            let events = o
+                .fmtp
+                .iter()
+                .find(|(pt, _)| *pt == te.pt)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| "0-15".into());
+            m.attributes.push(Attribute::with_value(
+                "fmtp",
+                format!("{} {}", te.pt, events),
+            ));
+        }
+        if let Some(cn) = n.comfort_noise {
+            m.attributes
+                .push(Attribute::with_value("rtpmap", format!("{cn} CN/8000")));
+        }
+        if let Some(l) = &n.label {
+            m.attributes.push(Attribute::with_value("label", l));
+        }
+        if n.rtcp_mux {
+            m.attributes.push(Attribute::new("rtcp-mux"));
+        }
+        m.attributes
+            .push(Attribute::new(n.answer_direction().as_str()));
+        s.medias.push(m);
+    }
+    write(&s)
+}
+
+/// An offer from the recorder, for delayed-offer INVITEs (Cisco BiB): one
+/// `recvonly` audio stream per port, offering the given codecs.
+pub fn build_offer(
+    ports: &[u16],
+    codecs: &[RtpMap],
+    telephone_event_pt: Option<u8>,
+    local: &LocalSdp,
+) -> Vec<u8> {
+    let mut s = base_session(local);
+    for &port in ports {
+        let mut pts: Vec<String> = codecs.iter().map(|c| c.pt.to_string()).collect();
+        if let Some(te) = telephone_event_pt {
+            pts.push(te.to_string());
+        }
+        let mut m = media_line("audio", port, "RTP/AVP", pts.join(" "));
+        for c in codecs {
+            m.attributes
+                .push(Attribute::with_value("rtpmap", c.to_attr()));
+        }
+        if let Some(te) = telephone_event_pt {
+            m.attributes.push(Attribute::with_value(
+                "rtpmap",
+                format!("{te} telephone-event/8000"),
+            ));
+            m.attributes
+                .push(Attribute::with_value("fmtp", format!("{te} 0-15")));
+        }
+        m.attributes.push(Attribute::with_value("ptime", "20"));
+        m.attributes.push(Attribute::new("recvonly"));
+        s.medias.push(m);
+    }
+    write(&s)
+}
+
+fn media_line(media: &str, port: u16, proto: &str, fmt: String) -> Media {
+    Media {
+        media: media.to_owned(),
+        port,
+        num_ports: None,
+        proto: proto.to_owned(),
+        fmt,
+        media_title: None,
+        connections: Vec::new(),
+        bandwidths: Vec::new(),
+        key: None,
+        attributes: Vec::new(),
+    }
+}
+
+fn write(s: &Session) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.write(&mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g711(m: &RtpMap) -> bool {
+        matches!(m.encoding.as_str(), "PCMU" | "PCMA") && m.clock_rate == 8000
+    }
+
+    const SONUS: &str = "v=0\r\no=Sonus_UAC 328001 655768 IN IP4 172.16.169.181\r\ns=SIP Media Capabilities\r\nt=0 0\r\nm=audio 48932 RTP/AVP 0\r\nc=IN IP4 172.16.169.132\r\na=label:1\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\na=maxptime:20\r\nm=audio 48926 RTP/AVP 0\r\nc=IN IP4 172.16.169.132\r\na=label:2\r\na=rtpmap:0 PCMU/8000\r\na=sendonly\r\na=maxptime:20\r\n";
+
+    #[test]
+    fn parses_two_labeled_streams_with_media_level_connection() {
+        let sd = parse(SONUS.as_bytes()).unwrap();
+        assert_eq!(sd.streams.len(), 2);
+        assert_eq!(sd.streams[0].label.as_deref(), Some("1"));
+        assert_eq!(
+            sd.streams[1].remote(),
+            Some("172.16.169.132:48926".parse().unwrap())
+        );
+        assert_eq!(sd.streams[0].direction, Direction::SendOnly);
+    }
+
+    #[test]
+    fn answer_is_recvonly_with_labels_and_only_decodable_codecs() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 22294 RTP/AVP 18 8 101 0 9\r\na=rtpmap:9 G722/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:18 G729/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendonly\r\na=label:1\r\nm=video 5000 RTP/AVP 96\r\na=label:2\r\n";
+        let sd = parse(offer.as_bytes()).unwrap();
+        let neg = negotiate(&sd, &g711);
+        assert!(neg[0].accepted);
+        assert_eq!(
+            neg[0].codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
+            vec![8, 0]
+        );
+        assert_eq!(neg[0].telephone_event.as_ref().map(|t| t.pt), Some(101));
+        assert!(!neg[1].accepted);
+        let answer = build_answer(
+            &sd,
+            &neg,
+            &[30000, 0],
+            &LocalSdp {
+                addr: "127.0.0.1".parse().unwrap(),
+                session_id: 7,
+                version: 1,
+            },
+        );
+        let text = String::from_utf8(answer.clone()).unwrap();
+        assert!(text.contains("m=audio 30000 RTP/AVP 8 0 101\r\n"), "{text}");
+        assert!(text.contains("a=label:1\r\na=recvonly"), "{text}");
+        assert!(text.contains("m=video 0 RTP/AVP 96"), "{text}");
+        assert!(text.contains("a=fmtp:101 0-15"));
+        // The answer itself parses.
+        let back = parse(&answer).unwrap();
+        assert_eq!(back.streams[0].direction, Direction::RecvOnly);
+    }
+
+    #[test]
+    fn hold_is_answered_inactive() {
+        let hold = "v=0\r\no=- 1 2 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 8\r\na=label:1\r\n";
+        let sd = parse(hold.as_bytes()).unwrap();
+        let neg = negotiate(&sd, &g711);
+        assert!(neg[0].held && neg[0].accepted);
+        assert_eq!(neg[0].answer_direction(), Direction::Inactive);
+        let inactive = hold.replace("0.0.0.0", "10.0.0.1") + "a=inactive\r\n";
+        let neg = negotiate(&parse(inactive.as_bytes()).unwrap(), &g711);
+        assert_eq!(neg[0].answer_direction(), Direction::Inactive);
+    }
+
+    #[test]
+    fn srtp_and_unknown_codecs_are_rejected() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\nm=audio 4002 RTP/AVP 18\r\n";
+        let neg = negotiate(&parse(offer.as_bytes()).unwrap(), &g711);
+        assert_eq!(neg[0].rejection, Some("SRTP is not supported"));
+        assert_eq!(neg[1].rejection, Some("no decodable codec offered"));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(matches!(parse(b"hello"), Err(SdpError::Malformed(_))));
+        assert_eq!(
+            parse(b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\n"),
+            Err(SdpError::NoMedia)
+        );
+    }
+
+    #[test]
+    fn delayed_offer_has_recvonly_stream() {
+        let pcmu = static_rtpmap(0).unwrap();
+        let offer = build_offer(
+            &[40000],
+            &[pcmu],
+            Some(101),
+            &LocalSdp {
+                addr: "127.0.0.1".parse().unwrap(),
+                session_id: 1,
+                version: 1,
+            },
+        );
+        let sd = parse(&offer).unwrap();
+        assert_eq!(sd.streams[0].direction, Direction::RecvOnly);
+        assert_eq!(sd.streams[0].port, 40000);
+    }
+}
