@@ -247,10 +247,8 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
             continue;
         }
         match local(el).as_str() {
-            "datamode" => {
-                if text(el).is_some_and(|t| t.eq_ignore_ascii_case("partial")) {
-                    md.data_mode = DataMode::Partial;
-                }
+            "datamode" if text(el).is_some_and(|t| t.eq_ignore_ascii_case("partial")) => {
+                md.data_mode = DataMode::Partial;
             }
             "group" => {
                 let id = attr(el, &["group_id", "id"]).unwrap_or_default();
