@@ -89,7 +89,10 @@ pub fn split(content_type: &MediaType, body: &[u8]) -> Result<Vec<Part>, Multipa
         let content_start = after + eol + 1;
         let mut content_end = starts.get(n + 1).copied().unwrap_or(body.len());
         // The line break before the next delimiter belongs to the delimiter.
-        if starts.get(n + 1).is_some() && content_end > content_start && body[content_end - 1] == b'\n' {
+        if starts.get(n + 1).is_some()
+            && content_end > content_start
+            && body[content_end - 1] == b'\n'
+        {
             content_end -= 1;
             if content_end > content_start && body[content_end - 1] == b'\r' {
                 content_end -= 1;
