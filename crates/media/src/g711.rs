@@ -21,11 +21,7 @@ pub const fn alaw_to_linear(a: u8) -> i16 {
     let sign = a & 0x80;
     let exponent = (a >> 4) & 0x07;
     let mantissa = (a & 0x0f) as i32;
-    let magnitude = if exponent == 0 {
-        (mantissa << 4) + 8
-    } else {
-        ((mantissa << 4) + 0x108) << (exponent - 1)
-    };
+    let magnitude = if exponent == 0 { (mantissa << 4) + 8 } else { ((mantissa << 4) + 0x108) << (exponent - 1) };
     if sign != 0 {
         magnitude as i16
     } else {
@@ -37,11 +33,7 @@ const fn build_table(alaw: bool) -> [i16; 256] {
     let mut t = [0i16; 256];
     let mut i = 0;
     while i < 256 {
-        t[i] = if alaw {
-            alaw_to_linear(i as u8)
-        } else {
-            ulaw_to_linear(i as u8)
-        };
+        t[i] = if alaw { alaw_to_linear(i as u8) } else { ulaw_to_linear(i as u8) };
         i += 1;
     }
     t
@@ -106,17 +98,9 @@ mod tests {
     fn encode_decode_is_stable_on_code_words() {
         for code in 0..=255u8 {
             let lin = ULAW_TABLE[code as usize];
-            assert_eq!(
-                ULAW_TABLE[linear_to_ulaw(lin) as usize],
-                lin,
-                "ulaw code {code:#x}"
-            );
+            assert_eq!(ULAW_TABLE[linear_to_ulaw(lin) as usize], lin, "ulaw code {code:#x}");
             let lin = ALAW_TABLE[code as usize];
-            assert_eq!(
-                ALAW_TABLE[linear_to_alaw(lin) as usize],
-                lin,
-                "alaw code {code:#x}"
-            );
+            assert_eq!(ALAW_TABLE[linear_to_alaw(lin) as usize], lin, "alaw code {code:#x}");
         }
     }
 

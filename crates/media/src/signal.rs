@@ -13,11 +13,7 @@ pub struct Tone {
 
 impl Tone {
     pub fn new(freq_hz: f64, sample_rate: u32, amplitude: i16) -> Tone {
-        Tone {
-            step: 2.0 * PI * freq_hz / sample_rate as f64,
-            phase: 0.0,
-            amplitude: amplitude as f64,
-        }
+        Tone { step: 2.0 * PI * freq_hz / sample_rate as f64, phase: 0.0, amplitude: amplitude as f64 }
     }
 
     pub fn fill(&mut self, out: &mut [i16]) {
@@ -54,12 +50,7 @@ pub fn rms(samples: &[i16]) -> f64 {
     if samples.is_empty() {
         return 0.0;
     }
-    (samples
-        .iter()
-        .map(|&s| (s as f64) * (s as f64))
-        .sum::<f64>()
-        / samples.len() as f64)
-        .sqrt()
+    (samples.iter().map(|&s| (s as f64) * (s as f64)).sum::<f64>() / samples.len() as f64).sqrt()
 }
 
 #[cfg(test)]

@@ -34,13 +34,7 @@ impl Timeline {
     pub fn new(rate: u32, channels: usize, window_frames: usize) -> Timeline {
         let channels = channels.max(1);
         let window = window_frames.max(1);
-        Timeline {
-            rate,
-            channels,
-            window,
-            ring: vec![0; window * channels],
-            committed: 0,
-        }
+        Timeline { rate, channels, window, ring: vec![0; window * channels], committed: 0 }
     }
 
     pub fn rate(&self) -> u32 {
@@ -119,12 +113,7 @@ pub struct PositionMapper {
 
 impl PositionMapper {
     /// `output_rate`/`clock_rate` converts timestamp units to frames; slacks in frames.
-    pub fn new(
-        output_rate: u32,
-        clock_rate: u32,
-        early_slack: u64,
-        late_slack: u64,
-    ) -> PositionMapper {
+    pub fn new(output_rate: u32, clock_rate: u32, early_slack: u64, late_slack: u64) -> PositionMapper {
         PositionMapper {
             anchor: None,
             num: output_rate as u64,
@@ -165,9 +154,7 @@ mod tests {
     use super::*;
 
     fn samples(out: &[u8]) -> Vec<i16> {
-        out.chunks(2)
-            .map(|c| i16::from_le_bytes([c[0], c[1]]))
-            .collect()
+        out.chunks(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
     }
 
     #[test]

@@ -13,9 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 const PCM_HEADER: usize = 44;
 const EXT_HEADER: usize = 68;
 /// KSDATAFORMAT_SUBTYPE_PCM.
-const PCM_GUID: [u8; 16] = [
-    1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71,
-];
+const PCM_GUID: [u8; 16] = [1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71];
 
 /// Format of a recording file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +80,7 @@ pub fn read_format(header: &[u8]) -> Result<WavFormat, WavError> {
     let channels = u16::from_le_bytes([header[22], header[23]]);
     let sample_rate = u32::from_le_bytes([header[24], header[25], header[26], header[27]]);
     let bits = u16::from_le_bytes([header[34], header[35]]);
-    let format = WavFormat {
-        sample_rate,
-        channels,
-    };
+    let format = WavFormat { sample_rate, channels };
     if bits != 16 || channels == 0 || !(tag == 1 || tag == 0xfffe) {
         return Err(WavError::Format("not 16-bit PCM"));
     }
@@ -137,11 +132,7 @@ pub fn finalize<F: Read + Write + Seek>(
     file.seek(SeekFrom::Start(0))?;
     file.write_all(&format.header(whole as u32))?;
     file.flush()?;
-    Ok(Finalized {
-        format,
-        frames: whole / align,
-        truncated_bytes: truncated,
-    })
+    Ok(Finalized { format, frames: whole / align, truncated_bytes: truncated })
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
@@ -168,10 +159,7 @@ mod tests {
     #[test]
     fn crash_leftover_is_repaired_and_readable_by_hound() {
         for channels in [1u16, 2, 3] {
-            let fmt = WavFormat {
-                sample_rate: 8000,
-                channels,
-            };
+            let fmt = WavFormat { sample_rate: 8000, channels };
             let mut bytes = fmt.header(0);
             for i in 0..(100 * channels as i16) {
                 bytes.extend_from_slice(&i.to_le_bytes());
@@ -183,21 +171,14 @@ mod tests {
             let reader = hound::WavReader::new(Cursor::new(c.into_inner())).unwrap();
             assert_eq!(reader.spec().channels, channels);
             assert_eq!(reader.len(), 100 * channels as u32);
-            let first: Vec<i16> = reader
-                .into_samples::<i16>()
-                .take(3)
-                .map(Result::unwrap)
-                .collect();
+            let first: Vec<i16> = reader.into_samples::<i16>().take(3).map(Result::unwrap).collect();
             assert_eq!(first, vec![0, 1, 2]);
         }
     }
 
     #[test]
     fn finalize_twice_is_harmless_and_garbage_is_refused() {
-        let fmt = WavFormat {
-            sample_rate: 16000,
-            channels: 2,
-        };
+        let fmt = WavFormat { sample_rate: 16000, channels: 2 };
         let mut bytes = fmt.header(0);
         bytes.extend_from_slice(&[0; 400]);
         let mut c = Cursor::new(bytes);

@@ -56,12 +56,7 @@ impl DtmfDetector {
                 finished = self.current.take();
             }
         }
-        let cur = self.current.get_or_insert(DtmfEvent {
-            digit,
-            start_ts: ts,
-            duration,
-            volume,
-        });
+        let cur = self.current.get_or_insert(DtmfEvent { digit, start_ts: ts, duration, volume });
         cur.duration = cur.duration.max(duration);
         if end {
             self.last_ended = Some(ts);
@@ -92,10 +87,7 @@ mod tests {
         assert_eq!(d.on_packet(1000, &pkt(5, false, 160)), None);
         assert_eq!(d.on_packet(1000, &pkt(5, false, 320)), None);
         let e = d.on_packet(1000, &pkt(5, true, 800)).unwrap();
-        assert_eq!(
-            (e.digit, e.start_ts, e.duration, e.volume),
-            ('5', 1000, 800, 10)
-        );
+        assert_eq!((e.digit, e.start_ts, e.duration, e.volume), ('5', 1000, 800, 10));
         assert_eq!(d.on_packet(1000, &pkt(5, true, 800)), None);
         assert_eq!(d.on_packet(1000, &pkt(5, true, 800)), None);
     }

@@ -28,11 +28,7 @@ pub struct Latch {
 
 impl Latch {
     pub fn new(relatch_after: Duration) -> Latch {
-        Latch {
-            source: None,
-            last: None,
-            relatch_after,
-        }
+        Latch { source: None, last: None, relatch_after }
     }
 
     pub fn accept(&mut self, from: SocketAddr, now: Instant) -> bool {
@@ -110,12 +106,7 @@ pub struct StreamReceiver {
 }
 
 impl StreamReceiver {
-    pub fn new(
-        cfg: ReceiverConfig,
-        clock_rate: u32,
-        payload_types: &[u8],
-        now: Instant,
-    ) -> StreamReceiver {
+    pub fn new(cfg: ReceiverConfig, clock_rate: u32, payload_types: &[u8], now: Instant) -> StreamReceiver {
         let mut r = StreamReceiver {
             latch: Latch::new(cfg.relatch_after),
             rtcp_latch: Latch::new(cfg.relatch_after),
@@ -185,15 +176,7 @@ impl StreamReceiver {
         let seq = self.seq.extend(pkt.sequence_number());
         let ts = self.ts.extend(pkt.timestamp());
         let outcome = loop {
-            match self.reorder.push(
-                now,
-                seq,
-                ts,
-                pkt.payload_type(),
-                pkt.marker_bit(),
-                pkt.ssrc(),
-                pkt.payload(),
-            ) {
+            match self.reorder.push(now, seq, ts, pkt.payload_type(), pkt.marker_bit(), pkt.ssrc(), pkt.payload()) {
                 PushOutcome::Full => {
                     // Cannot happen mid-drain from the caller's view: the
                     // buffer released its oldest; drop them as late rather
@@ -225,8 +208,7 @@ impl StreamReceiver {
         self.max_seq = Some(self.max_seq.map_or(seq, |m| m.max(seq)));
         self.stats.packets += 1;
         self.stats.bytes += data.len() as u64;
-        let arrival = (now.saturating_duration_since(self.epoch).as_secs_f64()
-            * self.clock_rate as f64) as i64;
+        let arrival = (now.saturating_duration_since(self.epoch).as_secs_f64() * self.clock_rate as f64) as i64;
         self.jitter.update(arrival, ts as i64);
         let jitter_ms = self.jitter.jitter() * 1000.0 / self.clock_rate as f64;
         self.stats.jitter_ms = jitter_ms;
@@ -312,10 +294,7 @@ mod tests {
         let mut released = vec![];
         for (i, seq) in [1u16, 2, 4, 3, 6].iter().enumerate() {
             let now = t + Duration::from_millis(20 * i as u64);
-            assert_eq!(
-                r.on_rtp(now, addr(1), &rtp(*seq, *seq as u32 * 160, 7, 0)),
-                Accept::Queued
-            );
+            assert_eq!(r.on_rtp(now, addr(1), &rtp(*seq, *seq as u32 * 160, 7, 0)), Accept::Queued);
             while let Some(s) = r.pop(now) {
                 released.push(s.seq - 65536);
             }
@@ -334,10 +313,7 @@ mod tests {
         let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0], t);
         assert_eq!(r.on_rtp(t, addr(1), &rtp(1, 0, 7, 0)), Accept::Queued);
         assert_eq!(r.on_rtp(t, addr(2), &rtp(2, 160, 7, 0)), Accept::Foreign);
-        assert_eq!(
-            r.on_rtp(t + Duration::from_secs(1), addr(2), &rtp(3, 320, 7, 0)),
-            Accept::Queued
-        );
+        assert_eq!(r.on_rtp(t + Duration::from_secs(1), addr(2), &rtp(3, 320, 7, 0)), Accept::Queued);
         assert_eq!(r.latched_source(), Some(addr(2)));
         assert_eq!(r.stats.foreign, 1);
     }
@@ -347,10 +323,7 @@ mod tests {
         let t = Instant::now();
         let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0, 101], t);
         assert_eq!(r.on_rtp(t, addr(1), b"\x00\x01\x02"), Accept::NotRtp);
-        assert_eq!(
-            r.on_rtp(t, addr(1), &rtp(1, 0, 7, 18)),
-            Accept::UnknownPayload
-        );
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(1, 0, 7, 18)), Accept::UnknownPayload);
         assert_eq!((r.stats.malformed, r.stats.unknown_payload), (1, 1));
     }
 
@@ -370,14 +343,6 @@ mod tests {
         r.restart();
         assert_eq!(r.on_rtp(t, addr(1), &pkt), Accept::Queued);
         r.on_rtp(t, addr(1), &rtp(5001, 999_999 + 160, 8, 0));
-        assert_eq!(
-            (
-                r.stats.packets,
-                r.stats.expected,
-                r.stats.lost,
-                r.stats.ssrc_changes
-            ),
-            (4, 4, 0, 1)
-        );
+        assert_eq!((r.stats.packets, r.stats.expected, r.stats.lost, r.stats.ssrc_changes), (4, 4, 0, 1));
     }
 }

@@ -63,12 +63,7 @@ pub struct ReorderBuffer {
 
 impl ReorderBuffer {
     pub fn new(capacity: usize, window: Duration, now: Instant) -> ReorderBuffer {
-        ReorderBuffer {
-            slots: (0..capacity.max(1)).map(|_| Slot::empty(now)).collect(),
-            window,
-            next: None,
-            lost: 0,
-        }
+        ReorderBuffer { slots: (0..capacity.max(1)).map(|_| Slot::empty(now)).collect(), window, next: None, lost: 0 }
     }
 
     /// Number of sequence numbers given up as lost so far.
@@ -139,12 +134,7 @@ impl ReorderBuffer {
     }
 
     fn min_used(&self) -> Option<usize> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.used)
-            .min_by_key(|(_, s)| s.seq)
-            .map(|(i, _)| i)
+        self.slots.iter().enumerate().filter(|(_, s)| s.used).min_by_key(|(_, s)| s.seq).map(|(i, _)| i)
     }
 
     /// Releases the next packet if it is in order, or if the gap before the
@@ -181,11 +171,7 @@ impl ReorderBuffer {
     }
 
     fn oldest_arrival(&self) -> Option<Instant> {
-        self.slots
-            .iter()
-            .filter(|s| s.used)
-            .map(|s| s.arrival)
-            .min()
+        self.slots.iter().filter(|s| s.used).map(|s| s.arrival).min()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -28,22 +28,12 @@ pub fn summarize(data: &[u8]) -> Option<RtcpSummary> {
             Packet::Sr(sr) => {
                 out.sender = Some((sr.ssrc(), sr.packet_count()));
                 for rb in sr.report_blocks() {
-                    out.reports.push((
-                        rb.ssrc(),
-                        rb.fraction_lost(),
-                        rb.cumulative_lost(),
-                        rb.interarrival_jitter(),
-                    ));
+                    out.reports.push((rb.ssrc(), rb.fraction_lost(), rb.cumulative_lost(), rb.interarrival_jitter()));
                 }
             }
             Packet::Rr(rr) => {
                 for rb in rr.report_blocks() {
-                    out.reports.push((
-                        rb.ssrc(),
-                        rb.fraction_lost(),
-                        rb.cumulative_lost(),
-                        rb.interarrival_jitter(),
-                    ));
+                    out.reports.push((rb.ssrc(), rb.fraction_lost(), rb.cumulative_lost(), rb.interarrival_jitter()));
                 }
             }
             Packet::Bye(_) => out.bye = true,
@@ -55,19 +45,12 @@ pub fn summarize(data: &[u8]) -> Option<RtcpSummary> {
 
 /// A sender report for `ssrc` (what the test client sends every few seconds).
 pub fn sender_report(ssrc: u32, ntp: u64, rtp_ts: u32, packets: u32, octets: u32) -> Vec<u8> {
-    let sr = SenderReport::builder(ssrc)
-        .ntp_timestamp(ntp)
-        .rtp_timestamp(rtp_ts)
-        .packet_count(packets)
-        .octet_count(octets);
+    let sr =
+        SenderReport::builder(ssrc).ntp_timestamp(ntp).rtp_timestamp(rtp_ts).packet_count(packets).octet_count(octets);
     let compound = Compound::builder().add_packet(sr);
-    let size = compound
-        .calculate_size()
-        .expect("a bare sender report is valid");
+    let size = compound.calculate_size().expect("a bare sender report is valid");
     let mut buf = vec![0; size];
-    compound
-        .write_into(&mut buf)
-        .expect("buffer sized by calculate_size");
+    compound.write_into(&mut buf).expect("buffer sized by calculate_size");
     buf
 }
 

@@ -76,11 +76,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn udp(addr: SocketAddr) -> Peer {
-        Peer {
-            transport: Transport::Udp,
-            addr,
-            conn: None,
-        }
+        Peer { transport: Transport::Udp, addr, conn: None }
     }
 }
 
@@ -94,11 +90,7 @@ pub struct TimerConfig {
 
 impl Default for TimerConfig {
     fn default() -> Self {
-        TimerConfig {
-            t1: Duration::from_millis(500),
-            t2: Duration::from_secs(4),
-            t4: Duration::from_secs(5),
-        }
+        TimerConfig { t1: Duration::from_millis(500), t2: Duration::from_secs(4), t4: Duration::from_secs(5) }
     }
 }
 
@@ -131,19 +123,10 @@ pub struct Transmit {
 pub enum Event {
     /// A new request (not a retransmission, not an ACK). For INVITE a
     /// `100 Trying` has already been sent. Answer with [`Endpoint::respond`].
-    Request {
-        tx: TxId,
-        request: Request,
-        essentials: RequestEssentials,
-        peer: Peer,
-    },
+    Request { tx: TxId, request: Request, essentials: RequestEssentials, peer: Peer },
     /// An ACK that is not absorbed by a transaction: the ACK for a 2xx.
     /// `tx` is the INVITE transaction it acknowledges, when one matched.
-    Ack {
-        request: Request,
-        peer: Peer,
-        tx: Option<TxId>,
-    },
+    Ack { request: Request, peer: Peer, tx: Option<TxId> },
     /// A CANCEL hit a pending INVITE: `200` went to the CANCEL and `487` to
     /// the INVITE. The TU drops whatever it prepared for that INVITE.
     Cancelled { invite_tx: TxId },
@@ -157,43 +140,23 @@ pub enum Event {
     StrayResponse { response: Response, peer: Peer },
     /// Bytes that were not a usable message; `answered` tells whether an
     /// error response was sent back.
-    Malformed {
-        peer: Peer,
-        reason: String,
-        answered: Option<StatusCode>,
-    },
+    Malformed { peer: Peer, reason: String, answered: Option<StatusCode> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum TxKey {
     /// RFC 3261: branch + sent-by + method (ACK folded into INVITE).
-    Rfc3261 {
-        branch: String,
-        sent_by: String,
-        method: Method,
-    },
+    Rfc3261 { branch: String, sent_by: String, method: Method },
     /// RFC 2543 peers without the magic cookie.
-    Legacy {
-        call_id: String,
-        from_tag: String,
-        cseq: u32,
-        sent_by: String,
-        method: Method,
-    },
+    Legacy { call_id: String, from_tag: String, cseq: u32, sent_by: String, method: Method },
 }
 
 fn tx_key(e: &RequestEssentials, method: &Method) -> TxKey {
-    let method = if *method == Method::Ack {
-        Method::Invite
-    } else {
-        method.clone()
-    };
+    let method = if *method == Method::Ack { Method::Invite } else { method.clone() };
     match e.via.branch() {
-        Some(b) if b.starts_with(MAGIC_COOKIE) => TxKey::Rfc3261 {
-            branch: b.to_owned(),
-            sent_by: e.via.sent_by(),
-            method,
-        },
+        Some(b) if b.starts_with(MAGIC_COOKIE) => {
+            TxKey::Rfc3261 { branch: b.to_owned(), sent_by: e.via.sent_by(), method }
+        }
         _ => TxKey::Legacy {
             call_id: e.call_id.clone(),
             from_tag: e.from.tag().unwrap_or("").to_owned(),
@@ -279,6 +242,8 @@ pub struct Endpoint {
     timers: BTreeMap<(Instant, u64), TimerRef>,
     timer_seq: u64,
     out: VecDeque<Output>,
+    /// Responses sent (first transmissions only), by status code.
+    responses_sent: BTreeMap<u16, u64>,
 }
 
 impl Endpoint {
@@ -300,6 +265,7 @@ impl Endpoint {
             timers: BTreeMap::new(),
             timer_seq: 0,
             out: VecDeque::new(),
+            responses_sent: BTreeMap::new(),
         }
     }
 
@@ -310,9 +276,7 @@ impl Endpoint {
     /// Random token for tags and Call-IDs.
     pub fn new_token(&mut self, len: usize) -> String {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-        (0..len)
-            .map(|_| ALPHABET[self.rng.usize(..ALPHABET.len())] as char)
-            .collect()
+        (0..len).map(|_| ALPHABET[self.rng.usize(..ALPHABET.len())] as char).collect()
     }
 
     /// A fresh RFC 3261 branch parameter.
@@ -323,6 +287,15 @@ impl Endpoint {
     /// Number of live transactions (server, client), for metrics and tests.
     pub fn transaction_count(&self) -> (usize, usize) {
         (self.server.len(), self.client.len())
+    }
+
+    /// Responses sent so far by status code (retransmissions not counted).
+    pub fn responses_sent(&self) -> &BTreeMap<u16, u64> {
+        &self.responses_sent
+    }
+
+    fn count_response(&mut self, status: StatusCode) {
+        *self.responses_sent.entry(status.as_u16()).or_default() += 1;
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -350,8 +323,7 @@ impl Endpoint {
     }
 
     fn transmit(&mut self, peer: Peer, dest: SocketAddr, data: Vec<u8>) {
-        self.out
-            .push_back(Output::Transmit(Transmit { peer, dest, data }));
+        self.out.push_back(Output::Transmit(Transmit { peer, dest, data }));
     }
 
     /// Sends a message outside any transaction (ACK for a 2xx, keep-alive
@@ -368,8 +340,7 @@ impl Endpoint {
             Err(ParseError::Empty) => {}
             Err(ParseError::Truncated { declared, actual }) => {
                 // Headers are intact; answer 400 so the sender learns why.
-                let reason =
-                    format!("Body shorter than Content-Length ({actual} of {declared} bytes)");
+                let reason = format!("Body shorter than Content-Length ({actual} of {declared} bytes)");
                 self.reject_unparsable(peer, data, StatusCode::BAD_REQUEST, &reason);
             }
             Err(ParseError::TooLarge(n)) => {
@@ -388,11 +359,7 @@ impl Endpoint {
                     &format!("Version {v} not supported"),
                 );
             }
-            Err(e) => self.emit(Event::Malformed {
-                peer,
-                reason: e.to_string(),
-                answered: None,
-            }),
+            Err(e) => self.emit(Event::Malformed { peer, reason: e.to_string(), answered: None }),
         }
     }
 
@@ -424,15 +391,12 @@ impl Endpoint {
                     stamp_via(&mut resp, peer);
                     let dest = response_dest(peer, req.top_via().as_ref());
                     self.transmit(peer, dest, resp.to_bytes());
+                    self.count_response(status);
                     answered = Some(status);
                 }
             }
         }
-        self.emit(Event::Malformed {
-            peer,
-            reason: reason.to_owned(),
-            answered,
-        });
+        self.emit(Event::Malformed { peer, reason: reason.to_owned(), answered });
     }
 
     fn on_request(&mut self, now: Instant, peer: Peer, req: Request) {
@@ -444,13 +408,10 @@ impl Endpoint {
                     stamp_via(&mut resp, peer);
                     let dest = response_dest(peer, req.top_via().as_ref());
                     self.transmit(peer, dest, resp.to_bytes());
+                    self.count_response(err.status);
                     err.status
                 });
-                self.emit(Event::Malformed {
-                    peer,
-                    reason: err.reason.into_owned(),
-                    answered,
-                });
+                self.emit(Event::Malformed { peer, reason: err.reason.into_owned(), answered });
                 return;
             }
         };
@@ -463,10 +424,7 @@ impl Endpoint {
 
         if let Some(&id) = self.server_index.get(&key) {
             // A retransmission: answer with the last response, if any.
-            let tx = self
-                .server
-                .get(&id)
-                .expect("index points at a live transaction");
+            let tx = self.server.get(&id).expect("index points at a live transaction");
             if let Some(bytes) = tx.last_response.clone() {
                 if !matches!(tx.state, ServerState::Confirmed) {
                     let (p, d) = (tx.peer, tx.dest);
@@ -502,22 +460,10 @@ impl Endpoint {
             let trying = Response::to_request(&req, StatusCode::TRYING, "Trying", None);
             self.send_response_on(now, id, trying);
         }
-        self.emit(Event::Request {
-            tx: id,
-            request: req,
-            essentials,
-            peer,
-        });
+        self.emit(Event::Request { tx: id, request: req, essentials, peer });
     }
 
-    fn on_ack(
-        &mut self,
-        now: Instant,
-        peer: Peer,
-        req: Request,
-        e: &RequestEssentials,
-        key: TxKey,
-    ) {
+    fn on_ack(&mut self, now: Instant, peer: Peer, req: Request, e: &RequestEssentials, key: TxKey) {
         // Same branch as the INVITE: ACK for a non-2xx, or a UA that reuses
         // the INVITE branch for its 2xx ACK.
         let mut matched = self.server_index.get(&key).copied();
@@ -527,11 +473,7 @@ impl Endpoint {
                 ServerState::Completed => {
                     tx.state = ServerState::Confirmed;
                     tx.retransmit_at = None;
-                    let wait = if peer.transport.is_reliable() {
-                        Duration::ZERO
-                    } else {
-                        self.timers_cfg.t4
-                    };
+                    let wait = if peer.transport.is_reliable() { Duration::ZERO } else { self.timers_cfg.t4 };
                     tx.timeout_at = Some(now + wait);
                     self.schedule(now + wait, TimerRef::Server(id));
                     return; // absorbed: the TU never sees ACKs of its errors
@@ -543,9 +485,7 @@ impl Endpoint {
         }
         if matched.is_none() {
             matched = self.accepted_by_call.get(&e.call_id).and_then(|ids| {
-                let exact = ids
-                    .iter()
-                    .find(|id| self.server.get(id).is_some_and(|t| t.cseq == e.cseq.seq));
+                let exact = ids.iter().find(|id| self.server.get(id).is_some_and(|t| t.cseq == e.cseq.seq));
                 // Lenient fallback: some SRCs send the ACK with a wrong CSeq.
                 exact.copied().or_else(|| (ids.len() == 1).then(|| ids[0]))
             });
@@ -558,11 +498,7 @@ impl Endpoint {
                 }
             }
         }
-        self.emit(Event::Ack {
-            request: req,
-            peer,
-            tx: matched,
-        });
+        self.emit(Event::Ack { request: req, peer, tx: matched });
     }
 
     fn on_cancel(&mut self, now: Instant, peer: Peer, req: Request, e: RequestEssentials) {
@@ -589,33 +525,20 @@ impl Endpoint {
         );
         self.server_index.insert(cancel_key, id);
         let Some(invite) = invite else {
-            let resp = Response::to_request(
-                &req,
-                StatusCode::CALL_DOES_NOT_EXIST,
-                "Call/Transaction Does Not Exist",
-                None,
-            );
+            let resp =
+                Response::to_request(&req, StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist", None);
             self.send_response_on(now, id, resp);
             return;
         };
-        let pending = self
-            .server
-            .get(&invite)
-            .is_some_and(|t| matches!(t.state, ServerState::Proceeding | ServerState::Trying));
+        let pending =
+            self.server.get(&invite).is_some_and(|t| matches!(t.state, ServerState::Proceeding | ServerState::Trying));
         let ok = Response::to_request(&req, StatusCode::OK, "OK", None);
         self.send_response_on(now, id, ok);
         if pending {
             // 487 echoes the INVITE's headers; CANCEL carries the same
             // Via/From/Call-ID and CSeq number, only the method differs.
-            let mut terminated = Response::to_request(
-                &req,
-                StatusCode::REQUEST_TERMINATED,
-                "Request Terminated",
-                None,
-            );
-            terminated
-                .headers
-                .set("CSeq", format!("{} INVITE", e.cseq.seq));
+            let mut terminated = Response::to_request(&req, StatusCode::REQUEST_TERMINATED, "Request Terminated", None);
+            terminated.headers.set("CSeq", format!("{} INVITE", e.cseq.seq));
             self.send_response_on(now, invite, terminated);
             self.emit(Event::Cancelled { invite_tx: invite });
         }
@@ -629,9 +552,7 @@ impl Endpoint {
 
     /// Is server transaction `tx` still waiting for a final response?
     pub fn is_pending(&self, tx: TxId) -> bool {
-        self.server
-            .get(&tx)
-            .is_some_and(|t| matches!(t.state, ServerState::Trying | ServerState::Proceeding))
+        self.server.get(&tx).is_some_and(|t| matches!(t.state, ServerState::Trying | ServerState::Proceeding))
     }
 
     fn send_response_on(&mut self, now: Instant, id: TxId, response: Response) {
@@ -660,10 +581,7 @@ impl Endpoint {
             }
             tx.timeout_at = Some(now + cfg.t1 * 64);
             schedule.push(now + cfg.t1 * 64);
-            self.accepted_by_call
-                .entry(tx.call_id.clone())
-                .or_default()
-                .push(id);
+            self.accepted_by_call.entry(tx.call_id.clone()).or_default().push(id);
         } else if tx.method == Method::Invite {
             tx.state = ServerState::Completed;
             if !reliable {
@@ -675,11 +593,7 @@ impl Endpoint {
             schedule.push(now + cfg.t1 * 64);
         } else {
             tx.state = ServerState::Completed;
-            let wait = if reliable {
-                Duration::ZERO
-            } else {
-                cfg.t1 * 64
-            };
+            let wait = if reliable { Duration::ZERO } else { cfg.t1 * 64 };
             tx.timeout_at = Some(now + wait);
             schedule.push(now + wait);
         }
@@ -687,29 +601,19 @@ impl Endpoint {
         for at in schedule {
             self.schedule(at, TimerRef::Server(id));
         }
+        self.count_response(status);
         self.transmit(peer, dest, bytes);
     }
 
     /// Sends a request in a new client transaction. The request must carry
     /// its top Via with a branch (see [`Endpoint::new_branch`]).
-    pub fn send_request(
-        &mut self,
-        now: Instant,
-        peer: Peer,
-        request: Request,
-    ) -> Result<ClientTxId, SipError> {
-        let via = request.top_via().ok_or_else(|| {
-            SipError::new(StatusCode::SERVER_INTERNAL_ERROR, "request without Via")
-        })?;
+    pub fn send_request(&mut self, now: Instant, peer: Peer, request: Request) -> Result<ClientTxId, SipError> {
+        let via =
+            request.top_via().ok_or_else(|| SipError::new(StatusCode::SERVER_INTERNAL_ERROR, "request without Via"))?;
         let branch = via
             .branch()
             .filter(|b| b.starts_with(MAGIC_COOKIE))
-            .ok_or_else(|| {
-                SipError::new(
-                    StatusCode::SERVER_INTERNAL_ERROR,
-                    "request without RFC 3261 branch",
-                )
-            })?
+            .ok_or_else(|| SipError::new(StatusCode::SERVER_INTERNAL_ERROR, "request without RFC 3261 branch"))?
             .to_owned();
         let id = ClientTxId(self.alloc_id());
         let bytes = request.to_bytes();
@@ -739,26 +643,16 @@ impl Endpoint {
 
     fn on_response(&mut self, now: Instant, peer: Peer, resp: Response) {
         let (Some(via), Some(cseq)) = (resp.top_via(), resp.cseq()) else {
-            self.emit(Event::Malformed {
-                peer,
-                reason: "response without Via or CSeq".into(),
-                answered: None,
-            });
+            self.emit(Event::Malformed { peer, reason: "response without Via or CSeq".into(), answered: None });
             return;
         };
         let key = (via.branch().unwrap_or("").to_owned(), cseq.method.clone());
         let Some(&id) = self.client_index.get(&key) else {
-            self.emit(Event::StrayResponse {
-                response: resp,
-                peer,
-            });
+            self.emit(Event::StrayResponse { response: resp, peer });
             return;
         };
         let cfg = self.timers_cfg;
-        let tx = self
-            .client
-            .get_mut(&id)
-            .expect("index points at a live client transaction");
+        let tx = self.client.get_mut(&id).expect("index points at a live client transaction");
         let reliable = tx.peer.transport.is_reliable();
         let status = resp.status;
         match (tx.state, status.is_provisional()) {
@@ -767,10 +661,7 @@ impl Endpoint {
                 if tx.method == Method::Invite {
                     tx.retransmit_at = None; // timer A stops on any provisional
                 }
-                self.emit(Event::Response {
-                    tx: id,
-                    response: resp,
-                });
+                self.emit(Event::Response { tx: id, response: resp });
             }
             (ClientState::Calling | ClientState::Proceeding, false) => {
                 tx.retransmit_at = None;
@@ -795,17 +686,11 @@ impl Endpoint {
                     tx.timeout_at = Some(now + wait);
                     self.schedule(now + wait, TimerRef::Client(id));
                 }
-                self.emit(Event::Response {
-                    tx: id,
-                    response: resp,
-                });
+                self.emit(Event::Response { tx: id, response: resp });
             }
             (ClientState::Accepted, false) if status.is_success() => {
                 // Retransmitted 2xx: the TU must ACK again.
-                self.emit(Event::Response {
-                    tx: id,
-                    response: resp,
-                });
+                self.emit(Event::Response { tx: id, response: resp });
             }
             (ClientState::Completed, false) => {
                 if let Some(ack) = tx.ack.clone() {
@@ -946,9 +831,7 @@ fn stamp_via(resp: &mut Response, peer: Peer) {
     let Some(first) = resp.headers.get_all("Via").next() else {
         return;
     };
-    let mut vias: Vec<String> = crate::header::split_list(first)
-        .map(str::to_owned)
-        .collect();
+    let mut vias: Vec<String> = crate::header::split_list(first).map(str::to_owned).collect();
     let Some(top) = vias.first().and_then(|v| Via::parse(v)) else {
         return;
     };
@@ -961,12 +844,7 @@ fn stamp_via(resp: &mut Response, peer: Peer) {
         top.params.set("rport", Some(&peer.addr.port().to_string()));
     }
     vias[0] = top.to_string();
-    let rest: Vec<String> = resp
-        .headers
-        .get_all("Via")
-        .skip(1)
-        .map(str::to_owned)
-        .collect();
+    let rest: Vec<String> = resp.headers.get_all("Via").skip(1).map(str::to_owned).collect();
     resp.headers.remove("Via");
     resp.headers.push("Via", vias.join(", "));
     for r in rest {

@@ -21,10 +21,7 @@ pub struct SipError {
 impl SipError {
     /// An error with a static reason phrase.
     pub const fn new(status: StatusCode, reason: &'static str) -> Self {
-        SipError {
-            status,
-            reason: Cow::Borrowed(reason),
-        }
+        SipError { status, reason: Cow::Borrowed(reason) }
     }
 
     /// An error with a reason phrase built at run time (e.g. naming a header).
@@ -32,10 +29,7 @@ impl SipError {
         let mut reason: String = reason.into();
         // Reason phrases must not contain CR/LF: they end up on the status line.
         reason.retain(|c| c != '\r' && c != '\n');
-        SipError {
-            status,
-            reason: Cow::Owned(reason),
-        }
+        SipError { status, reason: Cow::Owned(reason) }
     }
 
     /// 400 Bad Request with a reason describing what was malformed.

@@ -69,18 +69,12 @@ impl Headers {
 
     /// First value of header `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.entries.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     /// Every line of header `name`, in order (lists are not split).
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.entries
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.entries.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     /// Every element of a comma-separated list header, across all its lines.
@@ -89,10 +83,7 @@ impl Headers {
     }
 
     pub fn count(&self, name: &str) -> usize {
-        self.entries
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .count()
+        self.entries.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -101,20 +92,13 @@ impl Headers {
 
     /// Appends a header line.
     pub fn push(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.entries.push(Header {
-            name: name.into(),
-            value: value.into(),
-        });
+        self.entries.push(Header { name: name.into(), value: value.into() });
     }
 
     /// Replaces every line of `name` by one line (appended if absent).
     pub fn set(&mut self, name: &str, value: impl Into<String>) {
         let value = value.into();
-        if let Some(pos) = self
-            .entries
-            .iter()
-            .position(|h| h.name.eq_ignore_ascii_case(name))
-        {
+        if let Some(pos) = self.entries.iter().position(|h| h.name.eq_ignore_ascii_case(name)) {
             self.entries[pos].value = value;
             let mut i = pos + 1;
             while i < self.entries.len() {
@@ -135,8 +119,7 @@ impl Headers {
 
     /// Does a list header (Require, Supported, ...) contain `token`?
     pub fn has_token(&self, name: &str, token: &str) -> bool {
-        self.list(name)
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
+        self.list(name).any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 }
 
@@ -189,10 +172,7 @@ impl Params {
 
     /// Value of parameter `name`; `Some(None)` for a flag without value.
     pub fn get(&self, name: &str) -> Option<Option<&str>> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_deref())
+        self.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_deref())
     }
 
     /// Value of parameter `name` when it has one.
@@ -206,11 +186,7 @@ impl Params {
 
     pub fn set(&mut self, name: &str, value: Option<&str>) {
         let v = value.map(str::to_owned);
-        match self
-            .0
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
+        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
             Some(entry) => entry.1 = v,
             None => self.0.push((name.to_owned(), v)),
         }
@@ -221,17 +197,10 @@ impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (n, v) in &self.0 {
             match v {
-                Some(v)
-                    if v.bytes()
-                        .all(|b| is_token_byte(b) || b == b':' || b == b'[' || b == b']') =>
-                {
+                Some(v) if v.bytes().all(|b| is_token_byte(b) || b == b':' || b == b'[' || b == b']') => {
                     write!(f, ";{n}={v}")?
                 }
-                Some(v) => write!(
-                    f,
-                    ";{n}=\"{}\"",
-                    v.replace('\\', "\\\\").replace('"', "\\\"")
-                )?,
+                Some(v) => write!(f, ";{n}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))?,
                 None => write!(f, ";{n}")?,
             }
         }
@@ -320,9 +289,7 @@ impl MediaType {
     }
 
     pub fn is(&self, essence: &str) -> bool {
-        essence
-            .split_once('/')
-            .is_some_and(|(k, s)| self.kind == k && self.subtype == s)
+        essence.split_once('/').is_some_and(|(k, s)| self.kind == k && self.subtype == s)
     }
 }
 

@@ -14,14 +14,10 @@ mod method;
 mod status;
 pub mod uri;
 
-pub use endpoint::{
-    ClientTxId, ConnId, Endpoint, Event, Output, Peer, TimerConfig, Transmit, Transport, TxId,
-};
+pub use endpoint::{ClientTxId, ConnId, Endpoint, Event, Output, Peer, TimerConfig, Transmit, Transport, TxId};
 pub use error::{ParseError, SipError};
 pub use header::{Headers, MediaType, Params};
-pub use message::{
-    frame, parse, CSeq, Framing, HeaderAccess, Message, Request, RequestEssentials, Response,
-};
+pub use message::{frame, parse, CSeq, Framing, HeaderAccess, Message, Request, RequestEssentials, Response};
 pub use method::Method;
 pub use status::StatusCode;
 pub use uri::{NameAddr, Uri, Via};

@@ -60,10 +60,7 @@ pub trait HeaderAccess {
     fn headers(&self) -> &Headers;
 
     fn call_id(&self) -> Option<&str> {
-        self.headers()
-            .get("Call-ID")
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        self.headers().get("Call-ID").map(str::trim).filter(|s| !s.is_empty())
     }
     fn cseq(&self) -> Option<CSeq> {
         self.headers().get("CSeq").and_then(CSeq::parse)
@@ -78,15 +75,10 @@ pub trait HeaderAccess {
         self.headers().list("Via").next().and_then(Via::parse)
     }
     fn contact(&self) -> Option<NameAddr> {
-        self.headers()
-            .list("Contact")
-            .next()
-            .and_then(NameAddr::parse)
+        self.headers().list("Contact").next().and_then(NameAddr::parse)
     }
     fn content_type(&self) -> Option<MediaType> {
-        self.headers()
-            .get("Content-Type")
-            .and_then(MediaType::parse)
+        self.headers().get("Content-Type").and_then(MediaType::parse)
     }
 }
 
@@ -114,12 +106,7 @@ pub struct RequestEssentials {
 
 impl Request {
     pub fn new(method: Method, uri: impl Into<String>) -> Request {
-        Request {
-            method,
-            uri: uri.into(),
-            headers: Headers::new(),
-            body: Vec::new(),
-        }
+        Request { method, uri: uri.into(), headers: Headers::new(), body: Vec::new() }
     }
 
     /// Checks the mandatory headers of RFC 3261 §8.1.1; the error is the
@@ -129,10 +116,7 @@ impl Request {
             None => return Err(SipError::bad_request("Missing Via")),
             Some(v) => Via::parse(v).ok_or_else(|| SipError::bad_request("Malformed Via"))?,
         };
-        let call_id = self
-            .call_id()
-            .ok_or_else(|| SipError::bad_request("Missing Call-ID"))?
-            .to_owned();
+        let call_id = self.call_id().ok_or_else(|| SipError::bad_request("Missing Call-ID"))?.to_owned();
         let cseq = match self.headers.get("CSeq") {
             None => return Err(SipError::bad_request("Missing CSeq")),
             Some(v) => CSeq::parse(v).ok_or_else(|| SipError::bad_request("Malformed CSeq"))?,
@@ -148,26 +132,12 @@ impl Request {
             None => return Err(SipError::bad_request("Missing To")),
             Some(v) => NameAddr::parse(v).ok_or_else(|| SipError::bad_request("Malformed To"))?,
         };
-        for single in [
-            "Call-ID",
-            "CSeq",
-            "From",
-            "To",
-            "Content-Length",
-            "Content-Type",
-            "Max-Forwards",
-        ] {
+        for single in ["Call-ID", "CSeq", "From", "To", "Content-Length", "Content-Type", "Max-Forwards"] {
             if self.headers.count(single) > 1 {
                 return Err(SipError::bad_request(format!("Duplicate {single}")));
             }
         }
-        Ok(RequestEssentials {
-            call_id,
-            cseq,
-            from,
-            to,
-            via,
-        })
+        Ok(RequestEssentials { call_id, cseq, from, to, via })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -181,23 +151,13 @@ impl Request {
 
 impl Response {
     pub fn new(status: StatusCode) -> Response {
-        Response {
-            status,
-            reason: status.default_reason().to_owned(),
-            headers: Headers::new(),
-            body: Vec::new(),
-        }
+        Response { status, reason: status.default_reason().to_owned(), headers: Headers::new(), body: Vec::new() }
     }
 
     /// A response to `req` carrying the headers RFC 3261 §8.2.6.2 says to
     /// copy (Via, From, To, Call-ID, CSeq). `to_tag` is added to To when the
     /// request's To has none.
-    pub fn to_request(
-        req: &Request,
-        status: StatusCode,
-        reason: &str,
-        to_tag: Option<&str>,
-    ) -> Response {
+    pub fn to_request(req: &Request, status: StatusCode, reason: &str, to_tag: Option<&str>) -> Response {
         let mut headers = Headers::new();
         for via in req.headers.get_all("Via") {
             headers.push("Via", via);
@@ -210,9 +170,7 @@ impl Response {
         if let Some(to) = req.headers.get("To") {
             let has_tag = NameAddr::parse(to).is_some_and(|t| t.tag().is_some());
             match to_tag {
-                Some(tag) if !has_tag && status.as_u16() != 100 => {
-                    headers.push("To", format!("{to};tag={tag}"))
-                }
+                Some(tag) if !has_tag && status.as_u16() != 100 => headers.push("To", format!("{to};tag={tag}")),
                 _ => headers.push("To", to),
             }
         }
@@ -221,12 +179,7 @@ impl Response {
                 headers.push("Timestamp", ts);
             }
         }
-        Response {
-            status,
-            reason: reason.to_owned(),
-            headers,
-            body: Vec::new(),
-        }
+        Response { status, reason: reason.to_owned(), headers, body: Vec::new() }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -289,10 +242,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     if data.len() > MAX_MESSAGE_SIZE {
         return Err(ParseError::TooLarge(data.len()));
     }
-    let start = data
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .ok_or(ParseError::Empty)?;
+    let start = data.iter().position(|&b| b != b'\r' && b != b'\n').ok_or(ParseError::Empty)?;
     let data = &data[start..];
     let (head_end, body_start) = find_header_end(data).ok_or(ParseError::Unterminated)?;
     let head = std::str::from_utf8(&data[..head_end]).map_err(|_| ParseError::NotUtf8)?;
@@ -324,9 +274,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         if name.is_empty() || !name.bytes().all(is_token_byte) {
             return Err(ParseError::HeaderLine(n + 2));
         }
-        let name = expand_compact(name)
-            .map(str::to_owned)
-            .unwrap_or_else(|| name.to_owned());
+        let name = expand_compact(name).map(str::to_owned).unwrap_or_else(|| name.to_owned());
         current = Some((name, value.trim().to_owned()));
     }
     if let Some((name, value)) = current.take() {
@@ -338,10 +286,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         Some(v) => {
             let declared: usize = v.trim().parse().map_err(|_| ParseError::ContentLength)?;
             if declared > rest.len() {
-                return Err(ParseError::Truncated {
-                    declared,
-                    actual: rest.len(),
-                });
+                return Err(ParseError::Truncated { declared, actual: rest.len() });
             }
             rest[..declared].to_vec()
         }
@@ -354,24 +299,13 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         if version != "2.0" {
             return Err(ParseError::Version(version.to_owned()));
         }
-        let code: u16 = parts
-            .next()
-            .and_then(|c| c.parse().ok())
-            .ok_or(ParseError::StartLine)?;
+        let code: u16 = parts.next().and_then(|c| c.parse().ok()).ok_or(ParseError::StartLine)?;
         let status = StatusCode::new(code).ok_or(ParseError::StartLine)?;
         let reason = parts.next().unwrap_or("").trim().to_owned();
-        Ok(Message::Response(Response {
-            status,
-            reason,
-            headers,
-            body,
-        }))
+        Ok(Message::Response(Response { status, reason, headers, body }))
     } else {
         let mut parts = start_line.split(' ').filter(|p| !p.is_empty());
-        let method = parts
-            .next()
-            .and_then(Method::parse)
-            .ok_or(ParseError::StartLine)?;
+        let method = parts.next().and_then(Method::parse).ok_or(ParseError::StartLine)?;
         let uri = parts.next().ok_or(ParseError::StartLine)?;
         let version = parts.next().ok_or(ParseError::StartLine)?;
         if parts.next().is_some() || !uri.contains(':') {
@@ -380,12 +314,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         if version != "SIP/2.0" {
             return Err(ParseError::Version(version.to_owned()));
         }
-        Ok(Message::Request(Request {
-            method,
-            uri: uri.to_owned(),
-            headers,
-            body,
-        }))
+        Ok(Message::Request(Request { method, uri: uri.to_owned(), headers, body }))
     }
 }
 
@@ -405,10 +334,7 @@ pub enum Framing {
 /// Frames one message on a stream transport, where Content-Length is the
 /// only delimiter (RFC 3261 §18.3; absent means zero).
 pub fn frame(buf: &[u8], max_size: usize) -> Framing {
-    let lead = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
+    let lead = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
     if lead > 0 {
         return Framing::KeepAlive(lead);
     }
@@ -465,9 +391,7 @@ mod tests {
 
     #[test]
     fn parses_request_with_compact_and_folded_headers() {
-        let Message::Request(r) = parse(INVITE.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Message::Request(r) = parse(INVITE.as_bytes()).unwrap() else { panic!() };
         assert_eq!(r.method, Method::Invite);
         assert_eq!(r.call_id(), Some("a84b4c76e66710"));
         assert_eq!(r.headers.get("subject"), Some("folded continues here"));
@@ -482,64 +406,42 @@ mod tests {
     #[test]
     fn bare_lf_and_leading_crlf_are_accepted() {
         let m = "\r\nOPTIONS sip:a@b SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nCall-ID: x\nCSeq: 1 OPTIONS\nFrom: <sip:a@b>;tag=1\nTo: <sip:b@c>\n\n";
-        let Message::Request(r) = parse(m.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Message::Request(r) = parse(m.as_bytes()).unwrap() else { panic!() };
         assert!(r.essentials().is_ok());
     }
 
     #[test]
     fn rejects_broken_messages() {
         assert_eq!(parse(b""), Err(ParseError::Empty));
-        assert_eq!(
-            parse(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n"),
-            Err(ParseError::Unterminated)
-        );
+        assert_eq!(parse(b"INVITE sip:a SIP/2.0\r\nVia: x\r\n"), Err(ParseError::Unterminated));
         assert!(matches!(
             parse(b"INVITE sip:a SIP/2.0\r\nContent-Length: 10\r\n\r\nabc"),
             Err(ParseError::Truncated { .. })
         ));
-        assert_eq!(
-            parse(b"INVITE sip:a SIP/3.0\r\n\r\n"),
-            Err(ParseError::Version("SIP/3.0".into()))
-        );
+        assert_eq!(parse(b"INVITE sip:a SIP/3.0\r\n\r\n"), Err(ParseError::Version("SIP/3.0".into())));
         assert_eq!(parse(b"INVITE\r\n\r\n"), Err(ParseError::StartLine));
-        assert!(matches!(
-            parse(b"INVITE sip:a SIP/2.0\r\nno colon here\r\n\r\n"),
-            Err(ParseError::HeaderLine(_))
-        ));
+        assert!(matches!(parse(b"INVITE sip:a SIP/2.0\r\nno colon here\r\n\r\n"), Err(ParseError::HeaderLine(_))));
         assert_eq!(parse(b"SIP/2.0 99 Low\r\n\r\n"), Err(ParseError::StartLine));
     }
 
     #[test]
     fn essentials_name_the_missing_header() {
         let m = "BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCSeq: 2 BYE\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>\r\n\r\n";
-        let Message::Request(r) = parse(m.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Message::Request(r) = parse(m.as_bytes()).unwrap() else { panic!() };
         let err = r.essentials().unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert_eq!(err.reason, "Missing Call-ID");
         let m = m.replace("CSeq: 2 BYE", "Call-ID: x\r\nCSeq: 2 INVITE");
-        let Message::Request(r) = parse(m.as_bytes()).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            r.essentials().unwrap_err().reason,
-            "CSeq method does not match request"
-        );
+        let Message::Request(r) = parse(m.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(r.essentials().unwrap_err().reason, "CSeq method does not match request");
     }
 
     #[test]
     fn response_copies_dialog_headers_and_adds_tag() {
-        let Message::Request(r) = parse(INVITE.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Message::Request(r) = parse(INVITE.as_bytes()).unwrap() else { panic!() };
         let resp = Response::to_request(&r, StatusCode::OK, "OK", Some("srs1"));
         let bytes = resp.to_bytes();
-        let Message::Response(back) = parse(&bytes).unwrap() else {
-            panic!()
-        };
+        let Message::Response(back) = parse(&bytes).unwrap() else { panic!() };
         assert_eq!(back.status, StatusCode::OK);
         assert_eq!(back.to().unwrap().tag(), Some("srs1"));
         assert_eq!(back.headers.list("Via").count(), 2);
@@ -553,13 +455,7 @@ mod tests {
         assert_eq!(frame(msg, 1000), Framing::Message(msg.len() - 4));
         assert_eq!(frame(&msg[..20], 1000), Framing::Incomplete);
         assert_eq!(frame(b"\r\n\r\nINVITE", 1000), Framing::KeepAlive(4));
-        assert!(matches!(
-            frame(b"X sip:a SIP/2.0\r\nContent-Length: zz\r\n\r\n", 1000),
-            Framing::Invalid(_)
-        ));
-        assert!(matches!(
-            frame(&[b'a'; 2000], 1000),
-            Framing::Invalid(ParseError::TooLarge(_))
-        ));
+        assert!(matches!(frame(b"X sip:a SIP/2.0\r\nContent-Length: zz\r\n\r\n", 1000), Framing::Invalid(_)));
+        assert!(matches!(frame(&[b'a'; 2000], 1000), Framing::Invalid(ParseError::TooLarge(_))));
     }
 }

@@ -24,19 +24,11 @@ impl Uri {
     pub fn parse(s: &str) -> Option<Uri> {
         let s = s.trim();
         let (scheme, rest) = s.split_once(':')?;
-        if scheme.is_empty()
-            || !scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-        {
+        if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
             return None;
         }
         let scheme = scheme.to_ascii_lowercase();
-        if rest.is_empty()
-            || rest
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b == b'<' || b == b'>')
-        {
+        if rest.is_empty() || rest.bytes().any(|b| b.is_ascii_whitespace() || b == b'<' || b == b'>') {
             return None;
         }
         let (rest, headers) = match rest.split_once('?') {
@@ -75,14 +67,7 @@ impl Uri {
         if host.is_empty() {
             return None;
         }
-        Some(Uri {
-            scheme,
-            user,
-            host,
-            port,
-            params: Params::parse(params),
-            headers,
-        })
+        Some(Uri { scheme, user, host, port, params: Params::parse(params), headers })
     }
 
     /// The user part when it looks like a telephone number (digits with an
@@ -174,27 +159,17 @@ impl NameAddr {
         if let Some(lt) = find_unquoted(s, b'<') {
             let gt = lt + s[lt..].find('>')?;
             let display = s[..lt].trim();
-            let display_name = (!display.is_empty())
-                .then(|| unquote(display))
-                .filter(|d| !d.is_empty());
+            let display_name = (!display.is_empty()).then(|| unquote(display)).filter(|d| !d.is_empty());
             let uri = Uri::parse(&s[lt + 1..gt])?;
             let params = Params::parse(s[gt + 1..].trim_start_matches(|c: char| c.is_whitespace()));
-            Some(NameAddr {
-                display_name,
-                uri,
-                params,
-            })
+            Some(NameAddr { display_name, uri, params })
         } else {
             // addr-spec: parameters after `;` belong to the header, not the URI.
             let (uri, params) = match s.find(';') {
                 Some(i) => (&s[..i], &s[i + 1..]),
                 None => (s, ""),
             };
-            Some(NameAddr {
-                display_name: None,
-                uri: Uri::parse(uri)?,
-                params: Params::parse(params),
-            })
+            Some(NameAddr { display_name: None, uri: Uri::parse(uri)?, params: Params::parse(params) })
         }
     }
 
@@ -255,11 +230,7 @@ impl Via {
         let (proto, rest) = s.split_once(|c: char| c.is_whitespace())?;
         let mut p = proto.split('/').map(str::trim);
         let (name, version, transport) = (p.next()?, p.next()?, p.next()?);
-        if !name.eq_ignore_ascii_case("SIP")
-            || version != "2.0"
-            || transport.is_empty()
-            || p.next().is_some()
-        {
+        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() || p.next().is_some() {
             return None;
         }
         let rest = rest.trim();
@@ -269,12 +240,7 @@ impl Via {
             return None;
         }
         let params = Params::parse(&parts[1..].join(";"));
-        Some(Via {
-            transport: transport.to_ascii_uppercase(),
-            host,
-            port,
-            params,
-        })
+        Some(Via { transport: transport.to_ascii_uppercase(), host, port, params })
     }
 
     pub fn branch(&self) -> Option<&str> {
@@ -312,10 +278,7 @@ mod tests {
         assert_eq!(u.port, Some(5070));
         assert_eq!(u.params.value("user"), Some("phone"));
         assert_eq!(u.number().as_deref(), Some("+12134174466"));
-        assert_eq!(
-            u.to_string(),
-            "sip:+12134174466@masergy.com:5070;user=phone;transport=tcp"
-        );
+        assert_eq!(u.to_string(), "sip:+12134174466@masergy.com:5070;user=phone;transport=tcp");
     }
 
     #[test]

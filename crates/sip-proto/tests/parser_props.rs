@@ -1,9 +1,7 @@
 //! Property tests: the parser never panics, and what we serialize parses back.
 
 use proptest::prelude::*;
-use sip_proto::{
-    frame, parse, Endpoint, HeaderAccess, Message, Method, Peer, Request, TimerConfig,
-};
+use sip_proto::{frame, parse, Endpoint, HeaderAccess, Message, Method, Peer, Request, TimerConfig};
 
 fn token() -> impl Strategy<Value = String> {
     "[A-Za-z0-9][A-Za-z0-9.!%*_+`'~-]{0,12}"

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sip_proto::{
-    parse, ConnId, Endpoint, Event, HeaderAccess, Message, Output, Peer, Request, Response,
-    StatusCode, TimerConfig, Transport, TxId,
+    parse, ConnId, Endpoint, Event, HeaderAccess, Message, Output, Peer, Request, Response, StatusCode, TimerConfig,
+    Transport, TxId,
 };
 
 fn peer() -> Peer {
@@ -35,10 +35,7 @@ struct Drained {
 }
 
 fn drain(ep: &mut Endpoint) -> Drained {
-    let mut d = Drained {
-        sent: vec![],
-        events: vec![],
-    };
+    let mut d = Drained { sent: vec![], events: vec![] };
     while let Some(o) = ep.poll_output() {
         match o {
             Output::Transmit(t) => d.sent.push((t.dest, parse(&t.data).unwrap())),
@@ -69,10 +66,7 @@ fn take_request(d: &Drained) -> (TxId, Request) {
 }
 
 fn advance(ep: &mut Endpoint, now: &mut Instant, until: Instant) -> Drained {
-    let mut all = Drained {
-        sent: vec![],
-        events: vec![],
-    };
+    let mut all = Drained { sent: vec![], events: vec![] };
     while let Some(t) = ep.poll_timeout() {
         if t > until {
             break;
@@ -112,11 +106,7 @@ fn ok_is_retransmitted_with_doubling_until_ack() {
     let start = now;
     ep.handle_message(now, peer(), invite("z9hG4bK1").as_bytes());
     let (tx, req) = take_request(&drain(&mut ep));
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(&req, StatusCode::OK, "OK", Some("srs1")),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::OK, "OK", Some("srs1")));
     assert_eq!(statuses(&drain(&mut ep)), vec![200]);
 
     // 0.5 + 1 + 2 + 4 (capped at T2) ... first 4 retransmissions by 7.5 s.
@@ -129,11 +119,7 @@ fn ok_is_retransmitted_with_doubling_until_ack() {
     assert!(matches!(d.events.as_slice(), [Event::Ack { tx: Some(id), .. }] if *id == tx));
     let d = advance(&mut ep, &mut now, start + Duration::from_secs(40));
     assert!(statuses(&d).is_empty());
-    assert!(
-        d.events.is_empty(),
-        "no AckTimeout after an ACK: {:?}",
-        d.events
-    );
+    assert!(d.events.is_empty(), "no AckTimeout after an ACK: {:?}", d.events);
     assert_eq!(ep.transaction_count(), (0, 0));
 }
 
@@ -144,18 +130,12 @@ fn missing_ack_times_out_after_64_t1() {
     let start = now;
     ep.handle_message(now, peer(), invite("z9hG4bK1").as_bytes());
     let (tx, req) = take_request(&drain(&mut ep));
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(&req, StatusCode::OK, "OK", Some("srs1")),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::OK, "OK", Some("srs1")));
     drain(&mut ep);
     let d = advance(&mut ep, &mut now, start + Duration::from_millis(31_900));
     assert!(d.events.is_empty());
     let d = advance(&mut ep, &mut now, start + Duration::from_millis(32_100));
-    assert!(
-        matches!(d.events.as_slice(), [Event::AckTimeout { call_id, .. }] if call_id == "call-1")
-    );
+    assert!(matches!(d.events.as_slice(), [Event::AckTimeout { call_id, .. }] if call_id == "call-1"));
 }
 
 #[test]
@@ -165,16 +145,7 @@ fn error_final_is_retransmitted_until_ack_and_ack_is_absorbed() {
     let start = now;
     ep.handle_message(now, peer(), invite("z9hG4bK1").as_bytes());
     let (tx, req) = take_request(&drain(&mut ep));
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(
-            &req,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            Some("t"),
-        ),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", Some("t")));
     assert_eq!(statuses(&drain(&mut ep)), vec![503]);
     let d = advance(&mut ep, &mut now, start + Duration::from_millis(1_600));
     assert_eq!(statuses(&d), vec![503, 503]);
@@ -193,17 +164,11 @@ fn cancel_of_pending_invite_gives_200_and_487() {
     let now = Instant::now();
     ep.handle_message(now, peer(), invite("z9hG4bKc").as_bytes());
     let (tx, _) = take_request(&drain(&mut ep));
-    let cancel = invite("z9hG4bKc")
-        .replace("INVITE sip", "CANCEL sip")
-        .replace("10 INVITE", "10 CANCEL");
+    let cancel = invite("z9hG4bKc").replace("INVITE sip", "CANCEL sip").replace("10 INVITE", "10 CANCEL");
     ep.handle_message(now, peer(), cancel.as_bytes());
     let d = drain(&mut ep);
     assert_eq!(statuses(&d), vec![200, 487]);
-    let cseqs: Vec<String> = d
-        .sent
-        .iter()
-        .map(|(_, m)| m.headers().get("CSeq").unwrap().to_owned())
-        .collect();
+    let cseqs: Vec<String> = d.sent.iter().map(|(_, m)| m.headers().get("CSeq").unwrap().to_owned()).collect();
     assert_eq!(cseqs, vec!["10 CANCEL", "10 INVITE"]);
     assert!(matches!(d.events.as_slice(), [Event::Cancelled { invite_tx }] if *invite_tx == tx));
     assert!(!ep.is_pending(tx));
@@ -215,15 +180,9 @@ fn cancel_after_answer_has_no_effect_and_unknown_cancel_is_481() {
     let now = Instant::now();
     ep.handle_message(now, peer(), invite("z9hG4bKc").as_bytes());
     let (tx, req) = take_request(&drain(&mut ep));
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(&req, StatusCode::OK, "OK", Some("x")),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::OK, "OK", Some("x")));
     drain(&mut ep);
-    let cancel = invite("z9hG4bKc")
-        .replace("INVITE sip", "CANCEL sip")
-        .replace("10 INVITE", "10 CANCEL");
+    let cancel = invite("z9hG4bKc").replace("INVITE sip", "CANCEL sip").replace("10 INVITE", "10 CANCEL");
     ep.handle_message(now, peer(), cancel.as_bytes());
     let d = drain(&mut ep);
     assert_eq!(statuses(&d), vec![200]);
@@ -237,9 +196,7 @@ fn cancel_after_answer_has_no_effect_and_unknown_cancel_is_481() {
 fn non_invite_retransmission_gets_the_same_final() {
     let mut ep = Endpoint::new(TimerConfig::default());
     let now = Instant::now();
-    let bye = invite("z9hG4bKb")
-        .replace("INVITE sip", "BYE sip")
-        .replace("10 INVITE", "11 BYE");
+    let bye = invite("z9hG4bKb").replace("INVITE sip", "BYE sip").replace("10 INVITE", "11 BYE");
     ep.handle_message(now, peer(), bye.as_bytes());
     let d = drain(&mut ep);
     assert!(statuses(&d).is_empty(), "no 100 for non-INVITE");
@@ -247,11 +204,7 @@ fn non_invite_retransmission_gets_the_same_final() {
     // A retransmission before the TU answered is absorbed silently.
     ep.handle_message(now, peer(), bye.as_bytes());
     assert!(drain(&mut ep).sent.is_empty());
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(&req, StatusCode::OK, "OK", None),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::OK, "OK", None));
     assert_eq!(statuses(&drain(&mut ep)), vec![200]);
     ep.handle_message(now, peer(), bye.as_bytes());
     let d = drain(&mut ep);
@@ -266,20 +219,13 @@ fn malformed_requests_get_400_with_reason() {
     let no_callid = invite("z9hG4bK1").replace("Call-ID: call-1\r\n", "");
     ep.handle_message(now, peer(), no_callid.as_bytes());
     let d = drain(&mut ep);
-    let Message::Response(r) = &d.sent[0].1 else {
-        panic!()
-    };
-    assert_eq!(
-        (r.status.as_u16(), r.reason.as_str()),
-        (400, "Missing Call-ID")
-    );
+    let Message::Response(r) = &d.sent[0].1 else { panic!() };
+    assert_eq!((r.status.as_u16(), r.reason.as_str()), (400, "Missing Call-ID"));
 
     let truncated = invite("z9hG4bK1").replace("Content-Length: 0", "Content-Length: 500");
     ep.handle_message(now, peer(), truncated.as_bytes());
     let d = drain(&mut ep);
-    let Message::Response(r) = &d.sent[0].1 else {
-        panic!()
-    };
+    let Message::Response(r) = &d.sent[0].1 else { panic!() };
     assert_eq!(r.status.as_u16(), 400);
     assert!(r.reason.starts_with("Body shorter"));
 
@@ -287,10 +233,7 @@ fn malformed_requests_get_400_with_reason() {
     ep.handle_message(now, peer(), b"\x00\x01garbage\r\n\r\n");
     let d = drain(&mut ep);
     assert!(d.sent.is_empty());
-    assert!(matches!(
-        d.events.as_slice(),
-        [Event::Malformed { answered: None, .. }]
-    ));
+    assert!(matches!(d.events.as_slice(), [Event::Malformed { answered: None, .. }]));
 }
 
 #[test]
@@ -309,12 +252,7 @@ fn responses_follow_via_rport_and_received() {
     ep.handle_message(now, Peer::udp(src), with_rport.as_bytes());
     let d = drain(&mut ep);
     assert_eq!(d.sent[0].0, src);
-    assert!(d.sent[0]
-        .1
-        .headers()
-        .get("Via")
-        .unwrap()
-        .contains("rport=40000"));
+    assert!(d.sent[0].1.headers().get("Via").unwrap().contains("rport=40000"));
 }
 
 #[test]
@@ -322,22 +260,10 @@ fn reliable_transport_does_not_retransmit() {
     let mut ep = Endpoint::new(TimerConfig::default());
     let mut now = Instant::now();
     let start = now;
-    let tcp = Peer {
-        transport: Transport::Tcp,
-        addr: "127.0.0.1:5070".parse().unwrap(),
-        conn: Some(ConnId(7)),
-    };
-    ep.handle_message(
-        now,
-        tcp,
-        invite("z9hG4bK1").replace("UDP", "TCP").as_bytes(),
-    );
+    let tcp = Peer { transport: Transport::Tcp, addr: "127.0.0.1:5070".parse().unwrap(), conn: Some(ConnId(7)) };
+    ep.handle_message(now, tcp, invite("z9hG4bK1").replace("UDP", "TCP").as_bytes());
     let (tx, req) = take_request(&drain(&mut ep));
-    ep.respond(
-        now,
-        tx,
-        Response::to_request(&req, StatusCode::OK, "OK", Some("a")),
-    );
+    ep.respond(now, tx, Response::to_request(&req, StatusCode::OK, "OK", Some("a")));
     drain(&mut ep);
     let d = advance(&mut ep, &mut now, start + Duration::from_secs(10));
     assert!(statuses(&d).is_empty());
@@ -349,22 +275,15 @@ fn client_transaction_retransmits_and_times_out() {
     let mut now = Instant::now();
     let start = now;
     let branch = ep.new_branch();
-    let bye = invite(&branch)
-        .replace("INVITE sip", "BYE sip")
-        .replace("10 INVITE", "11 BYE");
-    let Message::Request(req) = parse(bye.as_bytes()).unwrap() else {
-        panic!()
-    };
+    let bye = invite(&branch).replace("INVITE sip", "BYE sip").replace("10 INVITE", "11 BYE");
+    let Message::Request(req) = parse(bye.as_bytes()).unwrap() else { panic!() };
     let id = ep.send_request(now, peer(), req).unwrap();
     assert_eq!(drain(&mut ep).sent.len(), 1);
     let d = advance(&mut ep, &mut now, start + Duration::from_millis(31_000));
     // E: 0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5 ... (capped at T2=4s)
     assert_eq!(d.sent.len(), 9);
     let d = advance(&mut ep, &mut now, start + Duration::from_millis(32_500));
-    assert!(d
-        .events
-        .iter()
-        .any(|e| matches!(e, Event::RequestTimeout { tx } if *tx == id)));
+    assert!(d.events.iter().any(|e| matches!(e, Event::RequestTimeout { tx } if *tx == id)));
 }
 
 #[test]
@@ -373,22 +292,13 @@ fn client_transaction_delivers_final_response() {
     let now = Instant::now();
     let branch = ep.new_branch();
     let text = invite(&branch);
-    let Message::Request(req) = parse(text.as_bytes()).unwrap() else {
-        panic!()
-    };
+    let Message::Request(req) = parse(text.as_bytes()).unwrap() else { panic!() };
     let id = ep.send_request(now, peer(), req.clone()).unwrap();
     drain(&mut ep);
-    let resp = Response::to_request(
-        &req,
-        StatusCode::NOT_ACCEPTABLE_HERE,
-        "Not Acceptable Here",
-        Some("z"),
-    );
+    let resp = Response::to_request(&req, StatusCode::NOT_ACCEPTABLE_HERE, "Not Acceptable Here", Some("z"));
     ep.handle_message(now, peer(), &resp.to_bytes());
     let d = drain(&mut ep);
     // Non-2xx to INVITE: the transaction ACKs by itself.
     assert!(matches!(&d.sent[0].1, Message::Request(r) if r.method == sip_proto::Method::Ack));
-    assert!(
-        matches!(&d.events[0], Event::Response { tx, response } if *tx == id && response.status.as_u16() == 488)
-    );
+    assert!(matches!(&d.events[0], Event::Response { tx, response } if *tx == id && response.status.as_u16() == 488));
 }

@@ -48,22 +48,9 @@ impl ForkedLeg {
     /// Reads the fork parameters from a From header; `None` for an
     /// ordinary INVITE.
     pub fn from_header(from: &NameAddr) -> Option<ForkedLeg> {
-        let link = from
-            .any_param("x-refci")
-            .flatten()
-            .filter(|v| !v.is_empty())?
-            .to_owned();
-        let role = if from.any_param("x-farend").is_some() {
-            LegRole::FarEnd
-        } else {
-            LegRole::NearEnd
-        };
-        let p = |n: &str| {
-            from.any_param(n)
-                .flatten()
-                .map(str::to_owned)
-                .filter(|v| !v.is_empty())
-        };
+        let link = from.any_param("x-refci").flatten().filter(|v| !v.is_empty())?.to_owned();
+        let role = if from.any_param("x-farend").is_some() { LegRole::FarEnd } else { LegRole::NearEnd };
+        let p = |n: &str| from.any_param(n).flatten().map(str::to_owned).filter(|v| !v.is_empty());
         Some(ForkedLeg {
             role,
             link,

@@ -31,41 +31,26 @@ fn is_metadata(t: &MediaType) -> bool {
 }
 
 /// Picks the SDP and metadata out of a request body.
-pub fn classify_body(
-    content_type: Option<&MediaType>,
-    body: &[u8],
-) -> Result<RecordingBody, SipError> {
+pub fn classify_body(content_type: Option<&MediaType>, body: &[u8]) -> Result<RecordingBody, SipError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(RecordingBody::default());
     }
     let Some(ct) = content_type else {
         // RFC 3261 §7.4.1: a body needs a Content-Type; SDP is the only guess worth making.
         if body.starts_with(b"v=0") {
-            return Ok(RecordingBody {
-                sdp: Some(body.to_vec()),
-                metadata: None,
-            });
+            return Ok(RecordingBody { sdp: Some(body.to_vec()), metadata: None });
         }
-        return Err(SipError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Body without Content-Type",
-        ));
+        return Err(SipError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Body without Content-Type"));
     };
     if ct.is("application/sdp") {
-        return Ok(RecordingBody {
-            sdp: Some(body.to_vec()),
-            metadata: None,
-        });
+        return Ok(RecordingBody { sdp: Some(body.to_vec()), metadata: None });
     }
     if is_metadata(ct) {
-        return Ok(RecordingBody {
-            sdp: None,
-            metadata: Some(body.to_vec()),
-        });
+        return Ok(RecordingBody { sdp: None, metadata: Some(body.to_vec()) });
     }
     if ct.kind == "multipart" {
-        let parts = multipart::split(ct, body)
-            .map_err(|e| SipError::bad_request(format!("Malformed multipart body: {e}")))?;
+        let parts =
+            multipart::split(ct, body).map_err(|e| SipError::bad_request(format!("Malformed multipart body: {e}")))?;
         let mut out = RecordingBody::default();
         for part in parts {
             let Some(pt) = part.content_type() else {
@@ -85,26 +70,16 @@ pub fn classify_body(
         }
         return Ok(out);
     }
-    Err(SipError::with_reason(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        format!("Unsupported body type {}", ct.essence()),
-    ))
+    Err(SipError::with_reason(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Unsupported body type {}", ct.essence())))
 }
 
 /// A telephone number from an AOR or URI-ish text: `sip:+1555@h`,
 /// `tel:+1555`, `2249888500@172.16.198.55`, or a bare number.
 pub fn number_of(text: &str) -> Option<String> {
     let text = text.trim();
-    if let Some(uri) =
-        Uri::parse(text).filter(|u| matches!(u.scheme.as_str(), "sip" | "sips" | "tel"))
-    {
+    if let Some(uri) = Uri::parse(text).filter(|u| matches!(u.scheme.as_str(), "sip" | "sips" | "tel")) {
         // BroadWorks writes bare numbers as `sip:8638254725` (no user part).
-        return uri.number().or_else(|| {
-            uri.user
-                .is_none()
-                .then(|| sip_proto::uri::phone_number(&uri.host))
-                .flatten()
-        });
+        return uri.number().or_else(|| uri.user.is_none().then(|| sip_proto::uri::phone_number(&uri.host)).flatten());
     }
     let user = text.split('@').next().unwrap_or(text);
     sip_proto::uri::phone_number(user.split(';').next().unwrap_or(user))
@@ -116,21 +91,12 @@ mod tests {
 
     #[test]
     fn numbers_from_aors() {
-        assert_eq!(
-            number_of("sip:+19015783200@broadcore.com;user=phone").as_deref(),
-            Some("+19015783200")
-        );
-        assert_eq!(
-            number_of("2249888500@172.16.198.55").as_deref(),
-            Some("2249888500")
-        );
+        assert_eq!(number_of("sip:+19015783200@broadcore.com;user=phone").as_deref(), Some("+19015783200"));
+        assert_eq!(number_of("2249888500@172.16.198.55").as_deref(), Some("2249888500"));
         assert_eq!(number_of("sip:alice@example.com"), None);
         assert_eq!(number_of("sip:8638254725").as_deref(), Some("8638254725"));
         assert_eq!(number_of("sip:example.com"), None);
-        assert_eq!(
-            number_of("tel:+44-20-7946-0000").as_deref(),
-            Some("+442079460000")
-        );
+        assert_eq!(number_of("tel:+44-20-7946-0000").as_deref(), Some("+442079460000"));
     }
 
     #[test]
@@ -141,14 +107,8 @@ mod tests {
         let err = classify_body(Some(&MediaType::parse("text/html").unwrap()), b"<p>").unwrap_err();
         assert_eq!(err.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
         let avaya = MediaType::parse("application/rs-metadata").unwrap();
-        assert!(classify_body(Some(&avaya), b"<recording/>")
-            .unwrap()
-            .metadata
-            .is_some());
+        assert!(classify_body(Some(&avaya), b"<recording/>").unwrap().metadata.is_some());
         let mp = MediaType::parse("multipart/mixed;boundary=x").unwrap();
-        assert_eq!(
-            classify_body(Some(&mp), b"garbage").unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
+        assert_eq!(classify_body(Some(&mp), b"garbage").unwrap_err().status, StatusCode::BAD_REQUEST);
     }
 }

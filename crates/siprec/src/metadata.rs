@@ -141,11 +141,8 @@ pub enum MetadataError {
     NotMetadata(String),
 }
 
-const RECORDING_NAMESPACES: &[&str] = &[
-    "urn:ietf:params:xml:ns:recording:1",
-    "urn:ietf:params:xml:ns:recording",
-    "urn:ietf:params:xml:ns:siprec",
-];
+const RECORDING_NAMESPACES: &[&str] =
+    &["urn:ietf:params:xml:ns:recording:1", "urn:ietf:params:xml:ns:recording", "urn:ietf:params:xml:ns:siprec"];
 
 fn is_recording_ns(node: Node) -> bool {
     match node.tag_name().namespace() {
@@ -159,18 +156,13 @@ fn local(node: Node) -> String {
 }
 
 fn text(node: Node) -> Option<String> {
-    let t: String = node
-        .descendants()
-        .filter(|n| n.is_text())
-        .filter_map(|n| n.text())
-        .collect();
+    let t: String = node.descendants().filter(|n| n.is_text()).filter_map(|n| n.text()).collect();
     let t = t.trim();
     (!t.is_empty()).then(|| t.to_owned())
 }
 
 fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
-    node.children()
-        .find(|c| c.is_element() && local(*c) == name)
+    node.children().find(|c| c.is_element() && local(*c) == name)
 }
 
 fn child_text(node: Node, name: &str) -> Option<String> {
@@ -178,19 +170,12 @@ fn child_text(node: Node, name: &str) -> Option<String> {
 }
 
 fn attr(node: Node, names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|n| node.attribute(*n))
-        .map(|v| v.trim().to_owned())
+    names.iter().find_map(|n| node.attribute(*n)).map(|v| v.trim().to_owned())
 }
 
 /// Stream ids in a `<send>`/`<recv>` element: text, or `<id>` children (BroadWorks).
 fn stream_refs(node: Node) -> Vec<String> {
-    let ids: Vec<String> = node
-        .children()
-        .filter(|c| c.is_element() && local(*c) == "id")
-        .filter_map(text)
-        .collect();
+    let ids: Vec<String> = node.children().filter(|c| c.is_element() && local(*c) == "id").filter_map(text).collect();
     if !ids.is_empty() {
         return ids;
     }
@@ -199,13 +184,8 @@ fn stream_refs(node: Node) -> Vec<String> {
 
 fn collect_hints(node: Node, into: &mut BTreeMap<String, String>) {
     for d in node.descendants().filter(|d| d.is_element()) {
-        let direct: String = d
-            .children()
-            .filter(|c| c.is_text())
-            .filter_map(|c| c.text())
-            .collect();
-        into.entry(d.tag_name().name().to_owned())
-            .or_insert_with(|| direct.trim().to_owned());
+        let direct: String = d.children().filter(|c| c.is_text()).filter_map(|c| c.text()).collect();
+        into.entry(d.tag_name().name().to_owned()).or_insert_with(|| direct.trim().to_owned());
     }
 }
 
@@ -226,10 +206,7 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
         (other, _) => return Err(MetadataError::NotMetadata(other.to_owned())),
     };
     let raw = |n: Node| text_doc[n.range()].to_owned();
-    let mut md = Metadata {
-        schema,
-        ..Metadata::default()
-    };
+    let mut md = Metadata { schema, ..Metadata::default() };
     let mut participant_assocs: Vec<Node> = Vec::new();
 
     for el in root.children().filter(|c| c.is_element()) {
@@ -253,10 +230,7 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
             "group" => {
                 let id = attr(el, &["group_id", "id"]).unwrap_or_default();
                 push_extensions(&mut md.extensions, el, "group", &id, &raw);
-                md.groups.push(Group {
-                    id,
-                    associate_time: child_text(el, "associate-time"),
-                });
+                md.groups.push(Group { id, associate_time: child_text(el, "associate-time") });
             }
             "session" => {
                 let id = attr(el, &["session_id", "id"]).unwrap_or_default();
@@ -276,15 +250,9 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
             }
             "participant" => {
                 let id = attr(el, &["participant_id", "id"]).unwrap_or_default();
-                let mut p = Participant {
-                    id: id.clone(),
-                    ..Participant::default()
-                };
+                let mut p = Participant { id: id.clone(), ..Participant::default() };
                 if let Some(name_id) = child(el, "nameid") {
-                    p.aor = name_id
-                        .attribute("aor")
-                        .map(|a| a.trim().to_owned())
-                        .filter(|a| !a.is_empty());
+                    p.aor = name_id.attribute("aor").map(|a| a.trim().to_owned()).filter(|a| !a.is_empty());
                     p.name = child_text(name_id, "name");
                 }
                 p.aor = p.aor.or_else(|| child_text(el, "aor"));
@@ -319,10 +287,7 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
             "sessionrecordingassoc" => {
                 let id = attr(el, &["session_id"]).unwrap_or_default();
                 if !md.sessions.iter().any(|s| s.id == id) && !id.is_empty() {
-                    md.sessions.push(Session {
-                        id,
-                        ..Session::default()
-                    });
+                    md.sessions.push(Session { id, ..Session::default() });
                 }
             }
             _ => {} // `recording` (BroadWorks), unknown standard elements
@@ -334,10 +299,7 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
         let Some(pid) = attr(el, &["participant_id"]) else {
             continue;
         };
-        let mut p = Participant {
-            id: pid,
-            ..Participant::default()
-        };
+        let mut p = Participant { id: pid, ..Participant::default() };
         if local(el) == "participantsessionassoc" {
             if let Some(s) = attr(el, &["session_id"]) {
                 p.sessions.push(s);
@@ -358,13 +320,7 @@ pub fn parse(xml: &[u8]) -> Result<Metadata, MetadataError> {
     Ok(md)
 }
 
-fn push_extensions(
-    out: &mut Vec<Extension>,
-    el: Node,
-    kind: &str,
-    id: &str,
-    raw: &dyn Fn(Node) -> String,
-) {
+fn push_extensions(out: &mut Vec<Extension>, el: Node, kind: &str, id: &str, raw: &dyn Fn(Node) -> String) {
     for c in el.children().filter(|c| c.is_element() && is_extension(*c)) {
         out.push(Extension {
             parent_kind: kind.to_owned(),
@@ -432,11 +388,7 @@ impl Metadata {
             upsert_participant(&mut self.participants, p);
         }
         for s in update.streams {
-            match self
-                .streams
-                .iter_mut()
-                .find(|x| x.id == s.id && !s.id.is_empty())
-            {
+            match self.streams.iter_mut().find(|x| x.id == s.id && !s.id.is_empty()) {
                 Some(x) => {
                     x.label = s.label.or(x.label.take());
                     x.mode = s.mode.or(x.mode.take());
@@ -457,45 +409,27 @@ impl Metadata {
 
     /// The participant sending the stream carried on SDP label `label`.
     pub fn sender_of_label(&self, label: &str) -> Option<&Participant> {
-        let stream = self
-            .streams
-            .iter()
-            .find(|s| s.label.as_deref() == Some(label) && !s.id.is_empty())?;
-        self.participants
-            .iter()
-            .find(|p| p.send.contains(&stream.id))
+        let stream = self.streams.iter().find(|s| s.label.as_deref() == Some(label) && !s.id.is_empty())?;
+        self.participants.iter().find(|p| p.send.contains(&stream.id))
     }
 
     /// Participants receiving the stream carried on SDP label `label`.
     pub fn receivers_of_label(&self, label: &str) -> Vec<&Participant> {
-        let Some(stream) = self
-            .streams
-            .iter()
-            .find(|s| s.label.as_deref() == Some(label) && !s.id.is_empty())
-        else {
+        let Some(stream) = self.streams.iter().find(|s| s.label.as_deref() == Some(label) && !s.id.is_empty()) else {
             return Vec::new();
         };
-        self.participants
-            .iter()
-            .filter(|p| p.recv.contains(&stream.id))
-            .collect()
+        self.participants.iter().filter(|p| p.recv.contains(&stream.id)).collect()
     }
 
     /// The calling participant, when a vendor extension says which it is
     /// (Acme/Oracle/Avaya `callingParty`, BroadWorks `callingPartyNumber`).
     pub fn calling_participant(&self) -> Option<&Participant> {
-        if let Some(p) = self
-            .participants
-            .iter()
-            .find(|p| p.hints.get("callingParty").is_some_and(|v| v == "true"))
-        {
+        if let Some(p) = self.participants.iter().find(|p| p.hints.get("callingParty").is_some_and(|v| v == "true")) {
             return Some(p);
         }
         let calling = self.hints.get("callingPartyNumber")?;
         let want = crate::number_of(calling)?;
-        self.participants
-            .iter()
-            .find(|p| p.aor.as_deref().and_then(crate::number_of).as_deref() == Some(want.as_str()))
+        self.participants.iter().find(|p| p.aor.as_deref().and_then(crate::number_of).as_deref() == Some(want.as_str()))
     }
 
     /// Call direction from the recorded party's view, when a vendor says.
@@ -518,14 +452,8 @@ mod tests {
     fn refuses_dtd_and_non_metadata() {
         let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><recording>&b;</recording>"#;
         assert!(matches!(parse(bomb.as_bytes()), Err(MetadataError::Xml(_))));
-        assert_eq!(
-            parse(b"<html/>"),
-            Err(MetadataError::NotMetadata("html".into()))
-        );
-        assert!(matches!(
-            parse(b"<recording><participant>"),
-            Err(MetadataError::Xml(_))
-        ));
+        assert_eq!(parse(b"<html/>"), Err(MetadataError::NotMetadata("html".into())));
+        assert!(matches!(parse(b"<recording><participant>"), Err(MetadataError::Xml(_))));
         assert!(matches!(parse(&[0xff, 0xfe]), Err(MetadataError::Xml(_))));
     }
 }

@@ -17,10 +17,7 @@ pub struct Part {
 
 impl Part {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The part's media type; RFC 2046 defaults to `text/plain`.
@@ -30,13 +27,7 @@ impl Part {
 
     /// Disposition type (`session`, `recording-session`, ...), lowercased.
     pub fn disposition(&self) -> Option<String> {
-        self.header("Content-Disposition").map(|d| {
-            d.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        self.header("Content-Disposition").map(|d| d.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
     }
 }
 
@@ -53,11 +44,8 @@ pub enum MultipartError {
 
 /// Splits `body` into parts using the boundary of `content_type`.
 pub fn split(content_type: &MediaType, body: &[u8]) -> Result<Vec<Part>, MultipartError> {
-    let boundary = content_type
-        .params
-        .value("boundary")
-        .filter(|b| !b.is_empty())
-        .ok_or(MultipartError::MissingBoundary)?;
+    let boundary =
+        content_type.params.value("boundary").filter(|b| !b.is_empty()).ok_or(MultipartError::MissingBoundary)?;
     let delimiter: Vec<u8> = [b"--".as_slice(), boundary.as_bytes()].concat();
 
     // Delimiter positions: at the start of the body or of a line.
@@ -65,8 +53,7 @@ pub fn split(content_type: &MediaType, body: &[u8]) -> Result<Vec<Part>, Multipa
     let mut i = 0;
     while let Some(off) = find(&body[i..], &delimiter) {
         let at = i + off;
-        let at_line_start =
-            at == 0 || body[at - 1] == b'\n' || body[..at].iter().all(|b| b.is_ascii_whitespace());
+        let at_line_start = at == 0 || body[at - 1] == b'\n' || body[..at].iter().all(|b| b.is_ascii_whitespace());
         if at_line_start {
             starts.push(at);
         }
@@ -89,10 +76,7 @@ pub fn split(content_type: &MediaType, body: &[u8]) -> Result<Vec<Part>, Multipa
         let content_start = after + eol + 1;
         let mut content_end = starts.get(n + 1).copied().unwrap_or(body.len());
         // The line break before the next delimiter belongs to the delimiter.
-        if starts.get(n + 1).is_some()
-            && content_end > content_start
-            && body[content_end - 1] == b'\n'
-        {
+        if starts.get(n + 1).is_some() && content_end > content_start && body[content_end - 1] == b'\n' {
             content_end -= 1;
             if content_end > content_start && body[content_end - 1] == b'\r' {
                 content_end -= 1;
@@ -181,10 +165,7 @@ mod tests {
         let parts = split(&mt("multipart/mixed;boundary=b1"), body).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].body, b"v=0\r\n");
-        assert!(parts[1]
-            .content_type()
-            .unwrap()
-            .is("application/rs-metadata+xml"));
+        assert!(parts[1].content_type().unwrap().is("application/rs-metadata+xml"));
         assert_eq!(parts[1].disposition().as_deref(), Some("recording-session"));
         assert_eq!(parts[1].body, b"<x/>");
     }
@@ -207,17 +188,8 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(
-            split(&mt("multipart/mixed"), b"--x\r\n\r\n"),
-            Err(MultipartError::MissingBoundary)
-        );
-        assert_eq!(
-            split(&mt("multipart/mixed;boundary=q"), b"no parts"),
-            Err(MultipartError::NoParts)
-        );
-        assert_eq!(
-            split(&mt("multipart/mixed;boundary=q"), b"--q--"),
-            Err(MultipartError::NoParts)
-        );
+        assert_eq!(split(&mt("multipart/mixed"), b"--x\r\n\r\n"), Err(MultipartError::MissingBoundary));
+        assert_eq!(split(&mt("multipart/mixed;boundary=q"), b"no parts"), Err(MultipartError::NoParts));
+        assert_eq!(split(&mt("multipart/mixed;boundary=q"), b"--q--"), Err(MultipartError::NoParts));
     }
 }

@@ -92,12 +92,7 @@ pub fn static_rtpmap(pt: u8) -> Option<RtpMap> {
         18 => ("G729", 8000),
         _ => return None,
     };
-    Some(RtpMap {
-        pt,
-        encoding: enc.to_owned(),
-        clock_rate: rate,
-        channels: 1,
-    })
+    Some(RtpMap { pt, encoding: enc.to_owned(), clock_rate: rate, channels: 1 })
 }
 
 /// One offered `m=` section, reduced to what recording needs.
@@ -124,9 +119,7 @@ pub struct OfferedStream {
 impl OfferedStream {
     /// Is the stream on hold / not sending (direction or `c=0.0.0.0`)?
     pub fn is_held(&self) -> bool {
-        !self.direction.offerer_sends()
-            || self.addr.is_some_and(|a| a.is_unspecified())
-            || self.port == 0
+        !self.direction.offerer_sends() || self.addr.is_some_and(|a| a.is_unspecified()) || self.port == 0
     }
 
     /// Remote RTP address, if usable.
@@ -159,30 +152,19 @@ pub enum SdpError {
 pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
     let session = Session::parse(body).map_err(|e| SdpError::Malformed(e.to_string()))?;
     let session_addr = session.connection.as_ref().and_then(conn_ip);
-    let session_dir = session
-        .attributes
-        .iter()
-        .find_map(|a| Direction::from_attr(&a.attribute));
+    let session_dir = session.attributes.iter().find_map(|a| Direction::from_attr(&a.attribute));
     let mut streams = Vec::new();
     for (index, m) in session.medias.iter().enumerate() {
-        let attr = |name: &str| {
-            m.attributes
-                .iter()
-                .find(|a| a.attribute.eq_ignore_ascii_case(name))
-        };
+        let attr = |name: &str| m.attributes.iter().find(|a| a.attribute.eq_ignore_ascii_case(name));
         let formats: Vec<String> = m.fmt.split_whitespace().map(str::to_owned).collect();
         let mut rtpmaps = Vec::new();
         for f in &formats {
             let Ok(pt) = f.parse::<u8>() else { continue };
-            let explicit = m
-                .attributes
-                .iter()
-                .filter(|a| a.attribute.eq_ignore_ascii_case("rtpmap"))
-                .find_map(|a| {
-                    let v = a.value.as_deref()?;
-                    let (p, rest) = v.split_once(char::is_whitespace)?;
-                    (p.trim().parse::<u8>().ok()? == pt).then(|| parse_rtpmap(pt, rest.trim()))?
-                });
+            let explicit = m.attributes.iter().filter(|a| a.attribute.eq_ignore_ascii_case("rtpmap")).find_map(|a| {
+                let v = a.value.as_deref()?;
+                let (p, rest) = v.split_once(char::is_whitespace)?;
+                (p.trim().parse::<u8>().ok()? == pt).then(|| parse_rtpmap(pt, rest.trim()))?
+            });
             if let Some(map) = explicit.or_else(|| static_rtpmap(pt)) {
                 rtpmaps.push(map);
             }
@@ -219,9 +201,7 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
             proto: m.proto.clone(),
             formats,
             addr: m.connections.first().and_then(conn_ip).or(session_addr),
-            label: attr("label")
-                .and_then(|a| a.value.clone())
-                .map(|l| l.trim().to_owned()),
+            label: attr("label").and_then(|a| a.value.clone()).map(|l| l.trim().to_owned()),
             direction,
             rtpmaps,
             fmtp,
@@ -245,12 +225,7 @@ fn parse_rtpmap(pt: u8, v: &str) -> Option<RtpMap> {
     let encoding = it.next()?.trim().to_ascii_uppercase();
     let clock_rate = it.next()?.trim().parse().ok()?;
     let channels = it.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1);
-    (!encoding.is_empty()).then_some(RtpMap {
-        pt,
-        encoding,
-        clock_rate,
-        channels,
-    })
+    (!encoding.is_empty()).then_some(RtpMap { pt, encoding, clock_rate, channels })
 }
 
 fn conn_ip(c: &Connection) -> Option<IpAddr> {
@@ -290,10 +265,7 @@ impl NegotiatedStream {
 
 /// Decides per stream what to accept. `decodable` says whether the media
 /// engine can decode a codec.
-pub fn negotiate(
-    offer: &SessionDescription,
-    decodable: &dyn Fn(&RtpMap) -> bool,
-) -> Vec<NegotiatedStream> {
+pub fn negotiate(offer: &SessionDescription, decodable: &dyn Fn(&RtpMap) -> bool) -> Vec<NegotiatedStream> {
     offer
         .streams
         .iter()
@@ -332,16 +304,10 @@ pub fn negotiate(
                 } else {
                     n.accepted = true;
                     let rates: Vec<u32> = n.codecs.iter().map(|c| c.clock_rate).collect();
-                    n.telephone_event = s
-                        .rtpmaps
-                        .iter()
-                        .find(|m| m.is_telephone_event() && rates.contains(&m.clock_rate))
-                        .cloned();
-                    n.comfort_noise = s
-                        .rtpmaps
-                        .iter()
-                        .find(|m| m.is_comfort_noise() && m.clock_rate == 8000)
-                        .map(|m| m.pt);
+                    n.telephone_event =
+                        s.rtpmaps.iter().find(|m| m.is_telephone_event() && rates.contains(&m.clock_rate)).cloned();
+                    n.comfort_noise =
+                        s.rtpmaps.iter().find(|m| m.is_comfort_noise() && m.clock_rate == 8000).map(|m| m.pt);
                 }
             }
             n
@@ -408,33 +374,18 @@ pub fn build_answer(
         if let Some(cn) = n.comfort_noise {
             pts.push(cn.to_string());
         }
-        let mut m = media_line(
-            "audio",
-            ports.get(i).copied().unwrap_or(0),
-            &rtp_proto(&o.proto),
-            pts.join(" "),
-        );
+        let mut m = media_line("audio", ports.get(i).copied().unwrap_or(0), &rtp_proto(&o.proto), pts.join(" "));
         for c in &n.codecs {
-            m.attributes
-                .push(Attribute::with_value("rtpmap", c.to_attr()));
+            m.attributes.push(Attribute::with_value("rtpmap", c.to_attr()));
         }
         if let Some(te) = &n.telephone_event {
-            m.attributes
-                .push(Attribute::with_value("rtpmap", te.to_attr()));
-            let events = o
-                .fmtp
-                .iter()
-                .find(|(pt, _)| *pt == te.pt)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| "0-15".into());
-            m.attributes.push(Attribute::with_value(
-                "fmtp",
-                format!("{} {}", te.pt, events),
-            ));
+            m.attributes.push(Attribute::with_value("rtpmap", te.to_attr()));
+            let events =
+                o.fmtp.iter().find(|(pt, _)| *pt == te.pt).map(|(_, v)| v.clone()).unwrap_or_else(|| "0-15".into());
+            m.attributes.push(Attribute::with_value("fmtp", format!("{} {}", te.pt, events)));
         }
         if let Some(cn) = n.comfort_noise {
-            m.attributes
-                .push(Attribute::with_value("rtpmap", format!("{cn} CN/8000")));
+            m.attributes.push(Attribute::with_value("rtpmap", format!("{cn} CN/8000")));
         }
         if let Some(l) = &n.label {
             m.attributes.push(Attribute::with_value("label", l));
@@ -442,41 +393,40 @@ pub fn build_answer(
         if n.rtcp_mux {
             m.attributes.push(Attribute::new("rtcp-mux"));
         }
-        m.attributes
-            .push(Attribute::new(n.answer_direction().as_str()));
+        m.attributes.push(Attribute::new(n.answer_direction().as_str()));
         s.medias.push(m);
     }
     write(&s)
 }
 
-/// An offer from the recorder, for delayed-offer INVITEs (Cisco BiB): one
-/// `recvonly` audio stream per port, offering the given codecs.
+/// An offer from the recorder, for delayed-offer INVITEs (Cisco BiB) and
+/// re-INVITEs without SDP: one `recvonly` audio stream per `(port, label)`,
+/// offering the given codecs.
 pub fn build_offer(
-    ports: &[u16],
+    streams: &[(u16, Option<String>)],
     codecs: &[RtpMap],
     telephone_event_pt: Option<u8>,
     local: &LocalSdp,
 ) -> Vec<u8> {
     let mut s = base_session(local);
-    for &port in ports {
+    for (port, label) in streams {
+        let port = *port;
         let mut pts: Vec<String> = codecs.iter().map(|c| c.pt.to_string()).collect();
         if let Some(te) = telephone_event_pt {
             pts.push(te.to_string());
         }
         let mut m = media_line("audio", port, "RTP/AVP", pts.join(" "));
         for c in codecs {
-            m.attributes
-                .push(Attribute::with_value("rtpmap", c.to_attr()));
+            m.attributes.push(Attribute::with_value("rtpmap", c.to_attr()));
         }
         if let Some(te) = telephone_event_pt {
-            m.attributes.push(Attribute::with_value(
-                "rtpmap",
-                format!("{te} telephone-event/8000"),
-            ));
-            m.attributes
-                .push(Attribute::with_value("fmtp", format!("{te} 0-15")));
+            m.attributes.push(Attribute::with_value("rtpmap", format!("{te} telephone-event/8000")));
+            m.attributes.push(Attribute::with_value("fmtp", format!("{te} 0-15")));
         }
         m.attributes.push(Attribute::with_value("ptime", "20"));
+        if let Some(l) = label {
+            m.attributes.push(Attribute::with_value("label", l));
+        }
         m.attributes.push(Attribute::new("recvonly"));
         s.medias.push(m);
     }
@@ -519,10 +469,7 @@ mod tests {
         let sd = parse(SONUS.as_bytes()).unwrap();
         assert_eq!(sd.streams.len(), 2);
         assert_eq!(sd.streams[0].label.as_deref(), Some("1"));
-        assert_eq!(
-            sd.streams[1].remote(),
-            Some("172.16.169.132:48926".parse().unwrap())
-        );
+        assert_eq!(sd.streams[1].remote(), Some("172.16.169.132:48926".parse().unwrap()));
         assert_eq!(sd.streams[0].direction, Direction::SendOnly);
     }
 
@@ -532,21 +479,14 @@ mod tests {
         let sd = parse(offer.as_bytes()).unwrap();
         let neg = negotiate(&sd, &g711);
         assert!(neg[0].accepted);
-        assert_eq!(
-            neg[0].codecs.iter().map(|c| c.pt).collect::<Vec<_>>(),
-            vec![8, 0]
-        );
+        assert_eq!(neg[0].codecs.iter().map(|c| c.pt).collect::<Vec<_>>(), vec![8, 0]);
         assert_eq!(neg[0].telephone_event.as_ref().map(|t| t.pt), Some(101));
         assert!(!neg[1].accepted);
         let answer = build_answer(
             &sd,
             &neg,
             &[30000, 0],
-            &LocalSdp {
-                addr: "127.0.0.1".parse().unwrap(),
-                session_id: 7,
-                version: 1,
-            },
+            &LocalSdp { addr: "127.0.0.1".parse().unwrap(), session_id: 7, version: 1 },
         );
         let text = String::from_utf8(answer.clone()).unwrap();
         assert!(text.contains("m=audio 30000 RTP/AVP 8 0 101\r\n"), "{text}");
@@ -581,27 +521,21 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(matches!(parse(b"hello"), Err(SdpError::Malformed(_))));
-        assert_eq!(
-            parse(b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\n"),
-            Err(SdpError::NoMedia)
-        );
+        assert_eq!(parse(b"v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\n"), Err(SdpError::NoMedia));
     }
 
     #[test]
     fn delayed_offer_has_recvonly_stream() {
         let pcmu = static_rtpmap(0).unwrap();
         let offer = build_offer(
-            &[40000],
+            &[(40000, Some("1".into()))],
             &[pcmu],
             Some(101),
-            &LocalSdp {
-                addr: "127.0.0.1".parse().unwrap(),
-                session_id: 1,
-                version: 1,
-            },
+            &LocalSdp { addr: "127.0.0.1".parse().unwrap(), session_id: 1, version: 1 },
         );
         let sd = parse(&offer).unwrap();
         assert_eq!(sd.streams[0].direction, Direction::RecvOnly);
         assert_eq!(sd.streams[0].port, 40000);
+        assert_eq!(sd.streams[0].label.as_deref(), Some("1"));
     }
 }

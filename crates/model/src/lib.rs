@@ -1,0 +1,305 @@
+//! The recording as data.
+//!
+//! A [`RecordingMeta`] is the complete, self-describing record of one call
+//! recording: it is written next to the audio as JSON (the source of truth,
+//! replicated with the audio later) and indexed in the metadata database.
+//! Ids are UUIDv7: unique across nodes without coordination and sortable
+//! by creation time.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use rtp_core::StreamStats;
+
+/// Globally unique recording id (UUIDv7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RecordingId(pub Uuid);
+
+impl RecordingId {
+    /// A new id for a recording starting at `at`.
+    pub fn new(at: OffsetDateTime) -> RecordingId {
+        let ts = uuid::Timestamp::from_unix(uuid::NoContext, at.unix_timestamp() as u64, at.nanosecond());
+        RecordingId(Uuid::new_v7(ts))
+    }
+}
+
+impl fmt::Display for RecordingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for RecordingId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s.trim()).map(RecordingId)
+    }
+}
+
+/// Name of a node in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(pub String);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Life cycle: `active` → `completed` | `interrupted` | `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordingState {
+    /// Being recorded now.
+    Active,
+    /// The call ended normally (BYE, media timeout, administrator).
+    Completed,
+    /// The recorder stopped before the call did (crash, shutdown); all audio
+    /// that reached disk is kept.
+    Interrupted,
+    /// Recording could not proceed (no ACK, storage failure).
+    Failed,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Active => "active",
+            RecordingState::Completed => "completed",
+            RecordingState::Interrupted => "interrupted",
+            RecordingState::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        self != RecordingState::Active
+    }
+}
+
+impl FromStr for RecordingState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "active" => RecordingState::Active,
+            "completed" => RecordingState::Completed,
+            "interrupted" => RecordingState::Interrupted,
+            "failed" => RecordingState::Failed,
+            other => return Err(format!("unknown recording state {other:?}")),
+        })
+    }
+}
+
+impl fmt::Display for RecordingState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of a recording's state history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub state: RecordingState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub reason: String,
+}
+
+/// How the call reached the recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// RFC 7866 SIPREC session.
+    Siprec,
+    /// Media forking without SIPREC: linked legs (Cisco BiB style).
+    Forked,
+    /// A plain INVITE whose media lines are the channels.
+    Plain,
+}
+
+/// A party of the recorded call.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Participant {
+    /// Metadata id (SIPREC) when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aor: Option<String>,
+    /// Telephone number derived from the AOR.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// `caller`, `callee`, `near-end`, `far-end` when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Channel carrying this participant's voice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_at: Option<String>,
+}
+
+/// One received media stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StreamRecord {
+    /// SDP `a=label` (SIPREC) if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub channel: u8,
+    /// Codecs accepted for this stream, preferred first.
+    pub codecs: Vec<String>,
+    pub local_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    /// Participant id (or name) sending on this stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    pub stats: StreamStats,
+}
+
+/// A DTMF key press heard on a stream (RFC 4733 or SIP INFO).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtmfRecord {
+    /// Offset from the start of the recording.
+    pub at_ms: u64,
+    pub digit: char,
+    pub duration_ms: u32,
+    pub channel: u8,
+    /// `rtp` (RFC 4733) or `info` (SIP INFO).
+    pub source: String,
+}
+
+/// The audio file of a recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioInfo {
+    pub format: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub bytes: u64,
+    pub duration_ms: u64,
+    /// SHA-256 of the finished file, lowercase hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Path relative to the node's data directory.
+    pub path: String,
+}
+
+/// Everything known about one recording.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingMeta {
+    pub id: RecordingId,
+    pub node_id: NodeId,
+    pub source: SourceKind,
+    pub state: RecordingState,
+    pub state_history: Vec<StateChange>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// `inbound`, `outbound`, or absent when the platform does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callee: Option<String>,
+    /// SIP Call-IDs of the recording session(s) (two for forked calls).
+    pub call_ids: Vec<String>,
+    /// Signalling source (`udp:ip:port`).
+    pub source_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    pub participants: Vec<Participant>,
+    pub streams: Vec<StreamRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dtmf: Vec<DtmfRecord>,
+    /// SIPREC metadata as merged from every update, extensions verbatim.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub siprec: Option<siprec::metadata::Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioInfo>,
+}
+
+impl RecordingMeta {
+    /// Moves to `state`, recording when and why.
+    pub fn transition(&mut self, state: RecordingState, at: OffsetDateTime, reason: impl Into<String>) {
+        self.state = state;
+        self.state_history.push(StateChange { state, at, reason: reason.into() });
+        if state.is_final() {
+            self.ended_at = Some(at);
+        }
+    }
+
+    /// The reason of the last state change.
+    pub fn reason(&self) -> Option<&str> {
+        self.state_history.last().map(|c| c.reason.as_str())
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("metadata serializes")
+    }
+
+    pub fn from_json(data: &[u8]) -> Result<RecordingMeta, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_time_ordered_and_parse_back() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let a = RecordingId::new(t);
+        let b = RecordingId::new(t + time::Duration::seconds(1));
+        assert!(a < b);
+        assert_eq!(a.to_string().parse::<RecordingId>().unwrap(), a);
+        assert_eq!(a.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn json_roundtrip_keeps_history() {
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut m = RecordingMeta {
+            id: RecordingId::new(t),
+            node_id: NodeId("n1".into()),
+            source: SourceKind::Siprec,
+            state: RecordingState::Active,
+            state_history: vec![],
+            started_at: t,
+            ended_at: None,
+            duration_ms: 0,
+            direction: None,
+            caller: Some("+15550100".into()),
+            callee: None,
+            call_ids: vec!["c1".into()],
+            source_addr: "udp:127.0.0.1:5060".into(),
+            user_agent: None,
+            participants: vec![Participant { name: Some("Alice".into()), channel: Some(0), ..Default::default() }],
+            streams: vec![],
+            dtmf: vec![],
+            siprec: None,
+            audio: None,
+        };
+        m.transition(RecordingState::Active, t, "INVITE accepted");
+        m.transition(RecordingState::Completed, t + time::Duration::seconds(5), "BYE");
+        let back = RecordingMeta::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.ended_at, Some(t + time::Duration::seconds(5)));
+        assert_eq!(back.reason(), Some("BYE"));
+    }
+}
