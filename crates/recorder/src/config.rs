@@ -1,0 +1,53 @@
+//! Settings of the recording transaction user.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use model::NodeId;
+use sip_proto::TimerConfig;
+
+/// What the recorder core needs to know about its node.
+#[derive(Debug, Clone)]
+pub struct RecorderConfig {
+    pub node_id: NodeId,
+    /// Networks allowed to send recording sessions; empty allows all.
+    pub allowed_sources: Vec<IpNet>,
+    /// New recordings refused with 503 beyond this many active ones (0 = no limit).
+    pub max_calls: usize,
+    /// Address put in SDP and Contact when the request does not name ours.
+    pub advertised_ip: Option<IpAddr>,
+    /// Used when neither the config nor the Request-URI gives an address.
+    pub fallback_ip: IpAddr,
+    /// Local SIP addresses per transport, for Contact and Via.
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    /// Retry-After seconds on 503.
+    pub retry_after_secs: u32,
+    /// Smallest Session-Expires accepted (RFC 4028 Min-SE).
+    pub min_session_expires: u32,
+    pub timers: TimerConfig,
+    pub server_name: String,
+    /// A leg that never sent its ACK, or a stream with no packets for this
+    /// long, ends the recording (the media engine enforces the latter).
+    pub media_timeout: Duration,
+}
+
+impl RecorderConfig {
+    pub fn new(node_id: NodeId) -> RecorderConfig {
+        RecorderConfig {
+            node_id,
+            allowed_sources: Vec::new(),
+            max_calls: 0,
+            advertised_ip: None,
+            fallback_ip: IpAddr::from([127, 0, 0, 1]),
+            sip_udp: None,
+            sip_tcp: None,
+            retry_after_secs: 60,
+            min_session_expires: 90,
+            timers: TimerConfig::default(),
+            server_name: concat!("callvault/", env!("CARGO_PKG_VERSION")).to_owned(),
+            media_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The recorder's SIP behaviour end to end, without sockets: requests in as
+//! bytes, responses and media commands out, on virtual time.
+
+use std::time::{Duration, Instant};
+
+use model::{NodeId, RecordingMeta, RecordingState, SourceKind};
+use recorder::{
+    BookkeepingAllocator, MediaCommand, MediaNotice, Now, Output, Recorder, RecorderConfig, RecordingEvent,
+};
+use sip_proto::{parse, HeaderAccess, Message, Peer, Response};
+use time::OffsetDateTime;
+
+const SRC: &str = "127.0.0.1:5070";
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../siprec/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+struct Harness {
+    rec: Recorder,
+    now: Now,
+    branch: u32,
+}
+
+#[derive(Default)]
+struct Out {
+    responses: Vec<Response>,
+    requests: Vec<sip_proto::Request>,
+    media: Vec<MediaCommand>,
+    events: Vec<RecordingEvent>,
+}
+
+impl Out {
+    fn codes(&self) -> Vec<u16> {
+        self.responses.iter().map(|r| r.status.as_u16()).collect()
+    }
+    fn last(&self) -> &Response {
+        self.responses.last().expect("a response")
+    }
+    fn stop(&self) -> Option<&RecordingMeta> {
+        self.media.iter().find_map(|m| match m {
+            MediaCommand::Stop { meta, .. } => Some(meta.as_ref()),
+            _ => None,
+        })
+    }
+    fn started(&self) -> Option<&RecordingMeta> {
+        self.events.iter().find_map(|e| match e {
+            RecordingEvent::Started(m) => Some(m.as_ref()),
+            _ => None,
+        })
+    }
+    fn updated(&self) -> Option<&RecordingMeta> {
+        self.events.iter().rev().find_map(|e| match e {
+            RecordingEvent::Updated(m) => Some(m.as_ref()),
+            _ => None,
+        })
+    }
+    fn added_channels(&self) -> Vec<u8> {
+        self.media
+            .iter()
+            .filter_map(|m| match m {
+                MediaCommand::AddStream(s) => Some(s.channel),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn config() -> RecorderConfig {
+    let mut c = RecorderConfig::new(NodeId("test-node".into()));
+    c.fallback_ip = "127.0.0.1".parse().unwrap();
+    c.sip_udp = Some("127.0.0.1:5060".parse().unwrap());
+    c
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(config(), 100)
+    }
+
+    fn with(cfg: RecorderConfig, port_pairs: u16) -> Harness {
+        let rec = Recorder::new(cfg, Box::new(BookkeepingAllocator::new(30000, port_pairs)));
+        Harness { rec, now: Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() }, branch: 0 }
+    }
+
+    fn drain(&mut self) -> Out {
+        let mut out = Out::default();
+        while let Some(o) = self.rec.poll_output() {
+            match o {
+                Output::Transmit(t) => match parse(&t.data).unwrap() {
+                    Message::Response(r) => out.responses.push(r),
+                    Message::Request(r) => out.requests.push(r),
+                },
+                Output::Media(m) => out.media.push(m),
+                Output::Recording(e) => out.events.push(e),
+            }
+        }
+        out
+    }
+
+    fn send(&mut self, text: &str) -> Out {
+        self.send_from(SRC, text)
+    }
+
+    fn send_from(&mut self, src: &str, text: &str) -> Out {
+        // Headers use bare LF in these tests; the body was already CRLF-normalised.
+        let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
+        let text = format!("{}\r\n\r\n{body}", head.replace('\n', "\r\n"));
+        self.rec.handle_sip(self.now, Peer::udp(src.parse().unwrap()), text.as_bytes());
+        self.drain()
+    }
+
+    fn advance(&mut self, d: Duration) -> Out {
+        let target = self.now.mono + d;
+        let mut out = Out::default();
+        while let Some(t) = self.rec.poll_timeout() {
+            if t > target {
+                break;
+            }
+            self.now.mono = t;
+            self.rec.handle_timeout(self.now);
+            let o = self.drain();
+            out.responses.extend(o.responses);
+            out.requests.extend(o.requests);
+            out.media.extend(o.media);
+            out.events.extend(o.events);
+        }
+        self.now.mono = target;
+        out
+    }
+
+    fn next_branch(&mut self) -> String {
+        self.branch += 1;
+        format!("z9hG4bK-t{}", self.branch)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &mut self,
+        method: &str,
+        call_id: &str,
+        cseq: u32,
+        to_tag: Option<&str>,
+        extra: &str,
+        ct: Option<&str>,
+        body: &str,
+    ) -> String {
+        let from = format!("From: \"SBC\" <sip:src@sbc.example>;tag=src-{call_id}");
+        self.request_from(&from, method, call_id, cseq, to_tag, extra, ct, body)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request_from(
+        &mut self,
+        from: &str,
+        method: &str,
+        call_id: &str,
+        cseq: u32,
+        to_tag: Option<&str>,
+        extra: &str,
+        ct: Option<&str>,
+        body: &str,
+    ) -> String {
+        let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
+        let branch = self.next_branch();
+        let to = match to_tag {
+            Some(t) => format!("<sip:srs@127.0.0.1>;tag={t}"),
+            None => "<sip:srs@127.0.0.1>".to_owned(),
+        };
+        let ct = ct.map(|c| format!("Content-Type: {c}\n")).unwrap_or_default();
+        format!(
+            "{method} sip:srs@127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP {SRC};branch={branch}\n\
+             {from}\nTo: {to}\nCall-ID: {call_id}\n\
+             CSeq: {cseq} {method}\nMax-Forwards: 70\nContact: <sip:src@{SRC}>;+sip.src\n{extra}{ct}\
+             Content-Length: {}\n\n{body}",
+            body.len()
+        )
+    }
+}
+
+fn to_tag(r: &Response) -> String {
+    r.to().unwrap().tag().unwrap().to_owned()
+}
+
+fn acme_invite(h: &mut Harness, call_id: &str) -> Out {
+    let body = fixture("acme-draft.body");
+    let req = h.request(
+        "INVITE",
+        call_id,
+        1,
+        None,
+        "Require: siprec\n",
+        Some("multipart/mixed;boundary=unique-boundary-1"),
+        &body,
+    );
+    h.send(&req)
+}
+
+#[test]
+fn siprec_call_from_invite_to_bye() {
+    let mut h = Harness::new();
+    let out = acme_invite(&mut h, "call-1");
+    assert_eq!(out.codes(), vec![100, 200]);
+    let ok = out.last();
+    let answer = String::from_utf8(ok.body.clone()).unwrap();
+    assert!(answer.contains("a=label:16777227\r\na=recvonly"), "{answer}");
+    assert!(answer.contains("a=label:16777228\r\na=recvonly"), "{answer}");
+    assert!(ok.headers.get("Contact").unwrap().contains("+sip.srs"));
+    assert!(ok.headers.has_token("Supported", "siprec"));
+    assert!(matches!(&out.media[0], MediaCommand::Start { channels: 2, sample_rate: 8000, .. }));
+    assert_eq!(out.added_channels(), vec![0, 1]);
+    let meta = out.started().unwrap();
+    assert_eq!(meta.source, SourceKind::Siprec);
+    assert_eq!(meta.state, RecordingState::Active);
+    // Acme says 1002 is the calling party; 9000 sends the stream on channel 0.
+    assert_eq!(meta.caller.as_deref(), Some("1002"));
+    assert_eq!(meta.callee.as_deref(), Some("9000"));
+    let p9000 = meta.participants.iter().find(|p| p.number.as_deref() == Some("9000")).unwrap();
+    assert_eq!(p9000.channel, Some(0));
+    assert_eq!(meta.streams[1].sender.as_deref(), Some("1002"));
+
+    let tag = to_tag(ok);
+    let ack = h.request("ACK", "call-1", 1, Some(&tag), "", None, "");
+    assert!(h.send(&ack).responses.is_empty());
+    let bye = h.request("BYE", "call-1", 2, Some(&tag), "", None, "");
+    let out = h.send(&bye);
+    assert_eq!(out.codes(), vec![200]);
+    let stop = out.stop().expect("recording stopped");
+    assert_eq!(stop.state, RecordingState::Completed);
+    assert_eq!(stop.reason(), Some("BYE from recording source"));
+    assert_eq!(out.media.iter().filter(|m| matches!(m, MediaCommand::RemoveStream { .. })).count(), 2);
+    assert_eq!(h.rec.active_recordings(), 0);
+    // A BYE for the finished dialog is 481.
+    let again = h.request("BYE", "call-1", 3, Some(&tag), "", None, "");
+    assert_eq!(h.send(&again).codes(), vec![481]);
+}
+
+#[test]
+fn broadworks_single_mixed_stream_is_mono_with_direction() {
+    let mut h = Harness::new();
+    let body = fixture("broadworks.body");
+    let req =
+        h.request("INVITE", "bw-1", 1, None, "", Some("multipart/mixed;boundary=UniqueBroadWorksBoundary"), &body);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 200]);
+    assert!(matches!(&out.media[0], MediaCommand::Start { channels: 1, .. }));
+    let meta = out.started().unwrap();
+    assert_eq!(meta.direction.as_deref(), Some("inbound"));
+    assert_eq!(meta.caller.as_deref(), Some("+19015783200"));
+    // Only PCMA and PCMU of the offered codecs are decodable, PCMA preferred.
+    let answer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert!(answer.contains("RTP/AVP 8 0 101"), "{answer}");
+}
+
+#[test]
+fn forked_legs_become_one_stereo_recording() {
+    let mut h = Harness::new();
+    let near = "From: \"Agent\" <sip:4062@cucm;x-nearend;x-refci=8273;x-nearenddevice=SEP1;x-nearendaddr=4062;x-farendaddr=8172710497>;tag=n1";
+    let far = "From: \"Agent\" <sip:4062@cucm;x-farend;x-refci=8273;x-nearendaddr=4062;x-farendaddr=8172710497>;tag=f1";
+    let leg = |h: &mut Harness, call: &str, from: &str| {
+        let r = h.request_from(from, "INVITE", call, 101, None, "", None, "");
+        h.send(&r.replace("Contact: <sip:src@127.0.0.1:5070>;+sip.src", "Contact: <sip:4062@127.0.0.1:5070>"))
+    };
+    let a = leg(&mut h, "leg-near", near);
+    assert_eq!(a.codes(), vec![100, 200]);
+    // Delayed offer: our 200 carries a recvonly offer.
+    let offer = String::from_utf8(a.last().body.clone()).unwrap();
+    assert!(offer.contains("a=recvonly") && offer.contains("RTP/AVP 0 8 101"), "{offer}");
+    assert!(matches!(&a.media[0], MediaCommand::Start { channels: 2, .. }));
+    assert_eq!(a.added_channels(), vec![0]);
+    assert_eq!(a.started().unwrap().source, SourceKind::Forked);
+
+    let b = leg(&mut h, "leg-far", far);
+    assert_eq!(b.codes(), vec![100, 200]);
+    assert!(!b.media.iter().any(|m| matches!(m, MediaCommand::Start { .. })), "second leg joins");
+    assert_eq!(b.added_channels(), vec![1]);
+    let meta = b.updated().unwrap();
+    assert_eq!(meta.call_ids, vec!["leg-near".to_owned(), "leg-far".to_owned()]);
+    assert_eq!(meta.caller.as_deref(), Some("4062"));
+    assert_eq!(meta.callee.as_deref(), Some("8172710497"));
+    assert_eq!(h.rec.active_recordings(), 1);
+
+    // ACK carries the answer (PCMA chosen by the phone).
+    let tag_a = to_tag(a.last());
+    let answer = "v=0\no=CiscoSystemsCCM-SIP 1 1 IN IP4 127.0.0.1\ns=SIP Call\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 RTP/AVP 8 101\na=rtpmap:8 PCMA/8000\na=rtpmap:101 telephone-event/8000\na=sendonly\n";
+    let ack = h.request_from(near, "ACK", "leg-near", 101, Some(&tag_a), "", Some("application/sdp"), answer);
+    let out = h.send(&ack);
+    let update = out.media.iter().find_map(|m| match m {
+        MediaCommand::UpdateStream(s) => Some(s),
+        _ => None,
+    });
+    let update = update.expect("answer applied");
+    assert_eq!(update.codecs.iter().map(|(pt, _)| *pt).collect::<Vec<_>>(), vec![8]);
+    assert_eq!(update.remote, Some("127.0.0.1:40000".parse().unwrap()));
+
+    let bye_a = h.request_from(near, "BYE", "leg-near", 102, Some(&tag_a), "", None, "");
+    let out = h.send(&bye_a);
+    assert_eq!(out.codes(), vec![200]);
+    assert!(out.stop().is_none(), "the far leg is still up");
+    let tag_b = to_tag(b.last());
+    let bye_b = h.request_from(far, "BYE", "leg-far", 102, Some(&tag_b), "", None, "");
+    let out = h.send(&bye_b);
+    assert_eq!(out.stop().unwrap().state, RecordingState::Completed);
+}
+
+#[test]
+fn admission_errors_carry_the_right_codes() {
+    let mut cfg = config();
+    cfg.allowed_sources = vec!["127.0.0.0/30".parse().unwrap()];
+    let mut h = Harness::with(cfg, 100);
+    let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
+    let req = h.request("INVITE", "x1", 1, None, "", Some("application/sdp"), sdp);
+    let out = h.send_from("127.0.0.9:5070", &req);
+    assert_eq!(out.codes(), vec![100, 403]);
+    assert_eq!(out.last().reason, "Source not allowed");
+
+    h.rec.set_draining(true);
+    let req = h.request("INVITE", "x2", 1, None, "", Some("application/sdp"), sdp);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 503]);
+    assert_eq!(out.last().headers.get("Retry-After"), Some("60"));
+    let opt = h.request("OPTIONS", "o1", 1, None, "", None, "");
+    assert_eq!(h.send(&opt).codes(), vec![503]);
+    h.rec.set_draining(false);
+    h.rec.set_storage_ok(false);
+    let req = h.request("INVITE", "x3", 1, None, "", Some("application/sdp"), sdp);
+    assert_eq!(h.send(&req).last().reason, "Storage unavailable");
+    h.rec.set_storage_ok(true);
+
+    let opt = h.request("OPTIONS", "o2", 1, None, "", None, "");
+    let out = h.send(&opt);
+    assert_eq!(out.codes(), vec![200]);
+    assert!(out.last().headers.has_token("Supported", "siprec"));
+    assert!(out.last().headers.get("Allow").unwrap().contains("UPDATE"));
+
+    let req = h.request("INVITE", "x4", 1, None, "", Some("text/html"), "<p>hi</p>");
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 415]);
+    assert!(out.last().headers.get("Accept").unwrap().contains("application/rs-metadata+xml"));
+
+    let bad_xml = "--b\nContent-Type: application/sdp\n\nv=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nt=0 0\nm=audio 4000 RTP/AVP 0\n\n--b\nContent-Type: application/rs-metadata+xml\n\n<recording><participant></recording>\n--b--\n";
+    let req = h.request("INVITE", "x5", 1, None, "", Some("multipart/mixed;boundary=b"), bad_xml);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 400]);
+    assert!(out.last().reason.starts_with("Malformed recording metadata"), "{}", out.last().reason);
+
+    let g729 = sdp.replace("RTP/AVP 0", "RTP/AVP 18");
+    let req = h.request("INVITE", "x6", 1, None, "", Some("application/sdp"), &g729);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 488]);
+    assert!(out.last().headers.get("Warning").unwrap().starts_with("304 "));
+
+    let req = h.request("INVITE", "x7", 1, None, "Require: 100rel, foo\n", Some("application/sdp"), sdp);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 420]);
+    assert!(out.last().reason.contains("foo"));
+
+    let req = h.request("INVITE", "x8", 1, None, "", Some("application/sdp"), "garbage");
+    assert_eq!(h.send(&req).codes(), vec![100, 400]);
+
+    let req = h.request("FOO", "m1", 1, None, "", None, "");
+    assert_eq!(h.send(&req).codes(), vec![501]);
+    let req = h.request("REGISTER", "m2", 1, None, "", None, "");
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![405]);
+    assert!(out.last().headers.get("Allow").is_some());
+    let req = h.request("BYE", "nope", 1, Some("zzz"), "", None, "");
+    assert_eq!(h.send(&req).codes(), vec![481]);
+    let req = h.request("INFO", "nope", 1, Some("zzz"), "", None, "");
+    assert_eq!(h.send(&req).codes(), vec![481]);
+
+    let c = h.rec.counters();
+    assert_eq!(c.invites_accepted, 0);
+    assert_eq!(c.invites_rejected.get(&503), Some(&2));
+    assert_eq!(h.rec.responses_sent().get(&100), Some(&8));
+}
+
+#[test]
+fn call_limit_and_port_exhaustion_give_503() {
+    let mut cfg = config();
+    cfg.max_calls = 1;
+    let mut h = Harness::with(cfg, 100);
+    assert_eq!(acme_invite(&mut h, "a").codes(), vec![100, 200]);
+    let out = acme_invite(&mut h, "b");
+    assert_eq!(out.codes(), vec![100, 503]);
+    assert_eq!(out.last().reason, "Call limit reached");
+
+    let mut h = Harness::with(config(), 3);
+    assert_eq!(acme_invite(&mut h, "a").codes(), vec![100, 200]);
+    let out = acme_invite(&mut h, "b"); // needs 2 pairs, 1 left
+    assert_eq!(out.codes(), vec![100, 503]);
+    assert_eq!(out.last().reason, "No media ports available");
+    assert!(out.media.is_empty(), "nothing half-created");
+}
+
+#[test]
+fn hold_reinvite_and_metadata_update() {
+    let mut h = Harness::new();
+    let out = acme_invite(&mut h, "h1");
+    let tag = to_tag(out.last());
+    let id = out.started().unwrap().id;
+    let ack = h.request("ACK", "h1", 1, Some(&tag), "", None, "");
+    h.send(&ack);
+
+    let hold = "v=0\no=- 20076 595553 IN IP4 192.0.2.40\ns=-\nc=IN IP4 192.0.2.40\nt=0 0\nm=audio 20106 RTP/AVP 0\na=label:16777227\na=inactive\nm=audio 20110 RTP/AVP 0\na=label:16777228\na=inactive\n";
+    let reinvite = h.request("INVITE", "h1", 2, Some(&tag), "", Some("application/sdp"), hold);
+    let out = h.send(&reinvite);
+    assert_eq!(out.codes(), vec![100, 200]);
+    let answer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert_eq!(answer.matches("a=inactive").count(), 2, "{answer}");
+    assert!(answer.contains("o=callvault") && answer.contains(" 2 IN IP4"), "version increments: {answer}");
+    let held: Vec<bool> = out
+        .media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::UpdateStream(s) => Some(s.held),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(held, vec![true, true]);
+
+    // Avaya: metadata-only UPDATE with application/rs-metadata adds a participant.
+    let md = "<?xml version=\"1.0\"?>\n<recording xmlns='urn:ietf:params:xml:ns:recording'><datamode>partial</datamode>\
+              <participant id=\"P3new==\" session=\"S1sessionAcme==\"><nameID aor=\"sip:7204541001@192.0.2.32\"><name>Transfer Target</name></nameID></participant></recording>";
+    let update = h.request(
+        "UPDATE",
+        "h1",
+        3,
+        Some(&tag),
+        "Content-Disposition: recording-session\n",
+        Some("application/rs-metadata"),
+        md,
+    );
+    let out = h.send(&update);
+    assert_eq!(out.codes(), vec![200]);
+    assert!(out.last().body.is_empty());
+    let meta = out.updated().unwrap();
+    assert_eq!(meta.participants.len(), 3);
+    assert!(meta.participants.iter().any(|p| p.name.as_deref() == Some("Transfer Target")));
+    assert_eq!(meta.id, id);
+
+    // re-INVITE without SDP: we offer the current streams, answer in ACK.
+    let reinvite = h.request("INVITE", "h1", 4, Some(&tag), "", None, "");
+    let out = h.send(&reinvite);
+    assert_eq!(out.codes(), vec![100, 200]);
+    let offer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert!(offer.contains("a=label:16777227") && offer.matches("m=audio").count() == 2, "{offer}");
+
+    // Lower CSeq re-INVITE is refused.
+    let stale = h.request("INVITE", "h1", 2, Some(&tag), "", Some("application/sdp"), hold);
+    assert_eq!(h.send(&stale).codes(), vec![100, 500]);
+}
+
+#[test]
+fn added_stream_and_codec_change_mid_call() {
+    let mut h = Harness::new();
+    let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 0\na=sendonly\nm=audio 4002 RTP/AVP 0\na=sendonly\n";
+    let inv = h.request("INVITE", "c1", 1, None, "", Some("application/sdp"), sdp);
+    let out = h.send(&inv);
+    let tag = to_tag(out.last());
+    let three = sdp
+        .replace("o=- 1 1", "o=- 1 2")
+        .replace("m=audio 4002 RTP/AVP 0", "m=audio 4002 RTP/AVP 8\na=rtpmap:8 PCMA/8000")
+        + "m=audio 4004 RTP/AVP 0\na=sendonly\n";
+    let re = h.request("INVITE", "c1", 2, Some(&tag), "", Some("application/sdp"), &three);
+    let out = h.send(&re);
+    assert_eq!(out.codes(), vec![100, 200]);
+    let updates: Vec<_> = out.media.iter().filter(|m| matches!(m, MediaCommand::UpdateStream(_))).collect();
+    assert_eq!(updates.len(), 1, "only the codec change updates: {:?}", out.media);
+    // A third stream on a stereo recording folds into channel 0 (mixed).
+    assert_eq!(out.added_channels(), vec![0]);
+    let answer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert_eq!(answer.matches("m=audio 3").count(), 3, "{answer}");
+}
+
+#[test]
+fn our_side_ends_calls_with_bye() {
+    // No ACK: 2xx retransmitted, then BYE and a failed recording.
+    let mut h = Harness::new();
+    acme_invite(&mut h, "noack");
+    let out = h.advance(Duration::from_secs(40));
+    assert!(out.responses.iter().filter(|r| r.status.as_u16() == 200).count() >= 5, "2xx retransmitted");
+    assert!(out.requests.iter().any(|r| r.method == sip_proto::Method::Bye));
+    let stop = out.stop().unwrap();
+    assert_eq!(stop.state, RecordingState::Failed);
+    assert!(stop.reason().unwrap().contains("no ACK"));
+
+    // Administrator completes an active call.
+    let out = acme_invite(&mut h, "admin");
+    let id = out.started().unwrap().id;
+    let tag = to_tag(out.last());
+    let ack = h.request("ACK", "admin", 1, Some(&tag), "", None, "");
+    h.send(&ack);
+    assert!(h.rec.complete(h.now, id));
+    let out = h.drain();
+    let bye = out.requests.iter().find(|r| r.method == sip_proto::Method::Bye).expect("BYE sent");
+    assert_eq!(bye.to().unwrap().tag(), Some("src-admin"));
+    assert_eq!(bye.from().unwrap().tag(), Some(tag.as_str()));
+    assert_eq!(bye.uri, "sip:src@127.0.0.1:5070");
+    assert_eq!(out.stop().unwrap().reason(), Some("completed by administrator"));
+    assert!(!h.rec.complete(h.now, id), "already gone");
+
+    // Media timeout notice from the engine.
+    let out = acme_invite(&mut h, "quiet");
+    let id = out.started().unwrap().id;
+    h.rec.handle_media(h.now, MediaNotice::Inactive { recording: id });
+    let out = h.drain();
+    assert_eq!(out.stop().unwrap().reason(), Some("media timeout"));
+    assert!(out.requests.iter().any(|r| r.method == sip_proto::Method::Bye));
+}
+
+#[test]
+fn session_timer_and_info_dtmf() {
+    let mut h = Harness::new();
+    let sdp = "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP 0\n";
+    let small =
+        h.request("INVITE", "s0", 1, None, "Session-Expires: 30\nSupported: timer\n", Some("application/sdp"), sdp);
+    let out = h.send(&small);
+    assert_eq!(out.codes(), vec![100, 422]);
+    assert_eq!(out.last().headers.get("Min-SE"), Some("90"));
+
+    let inv = h.request(
+        "INVITE",
+        "s1",
+        1,
+        None,
+        "Session-Expires: 120;refresher=uac\nSupported: timer\n",
+        Some("application/sdp"),
+        sdp,
+    );
+    let out = h.send(&inv);
+    assert_eq!(out.last().headers.get("Session-Expires"), Some("120;refresher=uac"));
+    let tag = to_tag(out.last());
+    let ack = h.request("ACK", "s1", 1, Some(&tag), "", None, "");
+    h.send(&ack);
+
+    let info = h.request("INFO", "s1", 2, Some(&tag), "", Some("application/dtmf-relay"), "Signal=5\nDuration=160\n");
+    let out = h.send(&info);
+    assert_eq!(out.codes(), vec![200]);
+    assert!(matches!(out.media.as_slice(), [MediaCommand::Dtmf { digit: '5', duration_ms: 160, .. }]));
+
+    // A refresh (UPDATE) moves the deadline; then silence lets it expire.
+    h.advance(Duration::from_secs(100));
+    let refresh = h.request("UPDATE", "s1", 3, Some(&tag), "Session-Expires: 120;refresher=uac\n", None, "");
+    assert_eq!(h.send(&refresh).codes(), vec![200]);
+    let out = h.advance(Duration::from_secs(100));
+    assert!(out.stop().is_none());
+    let out = h.advance(Duration::from_secs(30));
+    assert_eq!(out.stop().unwrap().reason(), Some("session timer expired"));
+}
+
+#[test]
+fn shutdown_interrupts_every_recording() {
+    let mut h = Harness::new();
+    acme_invite(&mut h, "a");
+    acme_invite(&mut h, "b");
+    h.rec.shutdown(h.now);
+    let out = h.drain();
+    let stops: Vec<_> = out
+        .media
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::Stop { meta, .. } => Some(meta.state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stops, vec![RecordingState::Interrupted, RecordingState::Interrupted]);
+    assert_eq!(out.requests.len(), 2);
+}
