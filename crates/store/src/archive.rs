@@ -1,0 +1,225 @@
+//! Finishing recordings: from the spool to the archive, crash-safely.
+//!
+//! Order of steps (each idempotent, so recovery can resume anywhere):
+//! 1. patch the WAV header from the file length and fsync it;
+//! 2. rename it into `recordings/YYYY/MM/DD/` and fsync both directories;
+//! 3. write the final JSON next to it ([`durable_write`]);
+//! 4. the caller indexes it in the database;
+//! 5. the caller removes the spool JSON ([`Archive::forget_spool`]).
+//!
+//! A spool JSON therefore exists exactly while a recording is active or
+//! not yet fully archived and indexed; startup recovery
+//! ([`Archive::recover`]) finishes every one it finds.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use media::wav;
+use model::{AudioInfo, NodeId, RecordingId, RecordingMeta, RecordingState, SourceKind};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::layout::{durable_write, sync_dir, DataDir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("i/o on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("audio file {path}: {source}")]
+    Wav { path: PathBuf, source: wav::WavError },
+    #[error("metadata file {path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io { path: path.to_owned(), source }
+}
+
+/// File operations on recordings.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    dir: DataDir,
+}
+
+impl Archive {
+    pub fn new(dir: DataDir) -> Archive {
+        Archive { dir }
+    }
+
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// Saves the metadata of an active recording (spool JSON).
+    pub fn save_active(&self, meta: &RecordingMeta) -> Result<(), ArchiveError> {
+        let path = self.dir.spool_json(meta.id);
+        durable_write(&path, &meta.to_json()).map_err(io_err(&path))
+    }
+
+    /// Steps 1–3 for a recording whose `meta` carries its final state.
+    /// Fills `meta.audio` and `meta.duration_ms`.
+    pub fn finalize(&self, meta: &mut RecordingMeta) -> Result<(), ArchiveError> {
+        let id = meta.id;
+        let spool_wav = self.dir.spool_wav(id);
+        let rel_wav = self.dir.archive_relative(meta.started_at, id, "wav");
+        let archive_wav = self.dir.resolve(&rel_wav);
+        let parent = archive_wav.parent().expect("archive path has a parent").to_owned();
+
+        if spool_wav.exists() {
+            let mut f = OpenOptions::new().read(true).write(true).open(&spool_wav).map_err(io_err(&spool_wav))?;
+            let fin = wav::finalize(&mut f, |f, len| f.set_len(len))
+                .map_err(|source| ArchiveError::Wav { path: spool_wav.clone(), source })?;
+            f.sync_all().map_err(io_err(&spool_wav))?;
+            drop(f);
+            if fin.truncated_bytes > 0 {
+                tracing::warn!(recording = %id, bytes = fin.truncated_bytes, "cut a torn audio frame");
+            }
+            fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+            fs::rename(&spool_wav, &archive_wav).map_err(io_err(&archive_wav))?;
+            sync_dir(&parent).map_err(io_err(&parent))?;
+            let spool = self.dir.spool_dir();
+            sync_dir(&spool).map_err(io_err(&spool))?;
+        }
+        if archive_wav.exists() {
+            let mut f = OpenOptions::new().read(true).write(true).open(&archive_wav).map_err(io_err(&archive_wav))?;
+            // Re-running finalize on an archived file is harmless and gives its facts.
+            let fin = wav::finalize(&mut f, |f, len| f.set_len(len))
+                .map_err(|source| ArchiveError::Wav { path: archive_wav.clone(), source })?;
+            drop(f);
+            let (sha, bytes) = sha256_file(&archive_wav).map_err(io_err(&archive_wav))?;
+            meta.duration_ms = fin.duration_ms();
+            meta.audio = Some(AudioInfo {
+                format: "wav".into(),
+                sample_rate: fin.format.sample_rate,
+                channels: fin.format.channels,
+                bytes,
+                duration_ms: fin.duration_ms(),
+                sha256: Some(sha),
+                path: rel_wav.to_string_lossy().into_owned(),
+            });
+        } else {
+            meta.audio = None;
+            if let Some(end) = meta.ended_at {
+                meta.duration_ms = (end - meta.started_at).whole_milliseconds().max(0) as u64;
+            }
+        }
+        let json = self.dir.resolve(&self.dir.archive_relative(meta.started_at, id, "json"));
+        durable_write(&json, &meta.to_json()).map_err(io_err(&json))
+    }
+
+    /// Step 5: the recording is archived and indexed.
+    pub fn forget_spool(&self, id: RecordingId) -> Result<(), ArchiveError> {
+        let path = self.dir.spool_json(id);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        let spool = self.dir.spool_dir();
+        sync_dir(&spool).map_err(io_err(&spool))
+    }
+
+    /// Reads an archived recording's metadata.
+    pub fn load(&self, relative_json: &std::path::Path) -> Result<RecordingMeta, ArchiveError> {
+        let path = self.dir.resolve(relative_json);
+        let data = fs::read(&path).map_err(io_err(&path))?;
+        RecordingMeta::from_json(&data).map_err(|source| ArchiveError::Json { path, source })
+    }
+
+    /// Every recording left in the spool by a previous run, with its
+    /// metadata moved to a final state: an active one becomes
+    /// `interrupted` (its audio is kept); one that had already ended keeps
+    /// its state. The caller finalizes, indexes and forgets each.
+    pub fn recover(&self, node: &NodeId, now: OffsetDateTime) -> Result<Vec<RecordingMeta>, ArchiveError> {
+        let spool = self.dir.spool_dir();
+        let mut found = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for entry in fs::read_dir(&spool).map_err(io_err(&spool))? {
+            let entry = entry.map_err(io_err(&spool))?;
+            let path = entry.path();
+            let (Some(stem), Some(ext)) =
+                (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str()))
+            else {
+                continue;
+            };
+            let Ok(id) = stem.parse::<RecordingId>() else {
+                if stem.starts_with('.') && path.to_string_lossy().contains(".tmp-") {
+                    let _ = fs::remove_file(&path); // an interrupted durable_write
+                }
+                continue;
+            };
+            if !seen.insert(id) || !(ext == "json" || ext == "wav") {
+                continue;
+            }
+            let json = self.dir.spool_json(id);
+            let mut meta = match fs::read(&json) {
+                Ok(data) => match RecordingMeta::from_json(&data) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(recording = %id, error = %e, "spool metadata unreadable; rebuilding a minimal record");
+                        orphan_meta(id, node, &self.dir.spool_wav(id), now)
+                    }
+                },
+                Err(_) => orphan_meta(id, node, &self.dir.spool_wav(id), now),
+            };
+            if meta.state == RecordingState::Active {
+                meta.transition(RecordingState::Interrupted, now, "recorder restarted while the call was in progress");
+            }
+            found.push(meta);
+        }
+        found.sort_by_key(|m| m.id);
+        Ok(found)
+    }
+}
+
+/// Metadata for spooled audio whose JSON is missing or corrupt.
+fn orphan_meta(id: RecordingId, node: &NodeId, wav: &std::path::Path, now: OffsetDateTime) -> RecordingMeta {
+    let started_at =
+        fs::metadata(wav).and_then(|m| m.created().or_else(|_| m.modified())).map(OffsetDateTime::from).unwrap_or(now);
+    let mut meta = RecordingMeta {
+        id,
+        node_id: node.clone(),
+        source: SourceKind::Plain,
+        state: RecordingState::Active,
+        state_history: Vec::new(),
+        started_at,
+        ended_at: None,
+        duration_ms: 0,
+        direction: None,
+        caller: None,
+        callee: None,
+        call_ids: Vec::new(),
+        source_addr: String::new(),
+        user_agent: None,
+        participants: Vec::new(),
+        streams: Vec::new(),
+        dtmf: Vec::new(),
+        siprec: None,
+        audio: None,
+    };
+    meta.transition(RecordingState::Active, started_at, "metadata lost; rebuilt from spooled audio");
+    meta
+}
+
+/// SHA-256 (lowercase hex) and size of a file.
+pub fn sha256_file(path: &std::path::Path) -> io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+    let digest = h.finalize();
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    Ok((hex, total))
+}
