@@ -129,6 +129,14 @@ impl PositionMapper {
         self.anchor = None;
     }
 
+    /// Where `ts` would land under the current anchor, without moving it.
+    pub fn predict(&self, ts: u64) -> Option<u64> {
+        let (ats, aframe) = self.anchor?;
+        let delta = ts as i128 - ats as i128;
+        let predicted = aframe as i128 + delta * self.num as i128 / self.den as i128;
+        (predicted >= 0).then_some(predicted as u64)
+    }
+
     pub fn position(&mut self, ts: u64, arrival_frame: u64) -> u64 {
         let Some((ats, aframe)) = self.anchor else {
             self.anchor = Some((ts, arrival_frame));

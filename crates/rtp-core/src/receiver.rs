@@ -67,12 +67,20 @@ impl Default for ReceiverConfig {
     }
 }
 
+/// Sequence jumps larger than this need a second packet to confirm them
+/// (RFC 3550 §A.1 `MAX_DROPOUT`).
+pub const MAX_DROPOUT: u64 = 3000;
+
 /// Why a datagram was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
     Queued,
-    /// A new SSRC: drain, [`StreamReceiver::restart`], submit again.
-    SsrcChanged,
+    /// A new SSRC, or a sequence restart confirmed by two packets: drain,
+    /// [`StreamReceiver::restart`], submit again.
+    Restart,
+    /// A sequence number far from the stream's; dropped unless the next
+    /// packet confirms the jump.
+    SequenceJump,
     Rtcp,
     NotRtp,
     Foreign,
@@ -103,6 +111,8 @@ pub struct StreamReceiver {
     expected_before: u64,
     pub stats: StreamStats,
     last_packet: Option<Instant>,
+    /// After a jump: the 16-bit sequence number that would confirm it.
+    probation: Option<u16>,
 }
 
 impl StreamReceiver {
@@ -123,6 +133,7 @@ impl StreamReceiver {
             expected_before: 0,
             stats: StreamStats::default(),
             last_packet: None,
+            probation: None,
         };
         r.set_payload_types(payload_types);
         r
@@ -169,10 +180,27 @@ impl StreamReceiver {
             return Accept::Foreign;
         }
         match self.ssrc {
-            Some(s) if s != pkt.ssrc() => return Accept::SsrcChanged,
+            Some(s) if s != pkt.ssrc() => {
+                self.stats.ssrc_changes += 1;
+                return Accept::Restart;
+            }
             None => self.ssrc = Some(pkt.ssrc()),
             _ => {}
         }
+        if let Some(max) = self.max_seq {
+            let candidate = self.seq.peek(pkt.sequence_number());
+            if candidate.abs_diff(max) > MAX_DROPOUT {
+                if self.probation == Some(pkt.sequence_number()) {
+                    self.probation = None;
+                    self.stats.sequence_restarts += 1;
+                    return Accept::Restart;
+                }
+                self.probation = Some(pkt.sequence_number().wrapping_add(1));
+                self.stats.sequence_jumps += 1;
+                return Accept::SequenceJump;
+            }
+        }
+        self.probation = None;
         let seq = self.seq.extend(pkt.sequence_number());
         let ts = self.ts.extend(pkt.timestamp());
         let outcome = loop {
@@ -254,9 +282,8 @@ impl StreamReceiver {
         self.reorder.pop_any()
     }
 
-    /// Starts over for a new SSRC after the caller drained the window.
+    /// Starts over (new SSRC or sequence restart) after the caller drained the window.
     pub fn restart(&mut self) {
-        self.stats.ssrc_changes += 1;
         self.expected_before = self.stats.expected;
         self.first_seq = None;
         self.max_seq = None;
@@ -328,13 +355,31 @@ mod tests {
     }
 
     #[test]
+    fn a_wild_sequence_number_is_dropped_unless_confirmed() {
+        let t = Instant::now();
+        let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0], t);
+        r.on_rtp(t, addr(1), &rtp(100, 0, 7, 0));
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(40000, 160, 7, 0)), Accept::SequenceJump);
+        // The stream carries on as if nothing happened.
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(101, 320, 7, 0)), Accept::Queued);
+        assert_eq!(r.stats.sequence_jumps, 1);
+        // Two consecutive packets confirm a sender restart.
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(9000, 480, 7, 0)), Accept::SequenceJump);
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(9001, 640, 7, 0)), Accept::Restart);
+        while r.pop_any().is_some() {}
+        r.restart();
+        assert_eq!(r.on_rtp(t, addr(1), &rtp(9001, 640, 7, 0)), Accept::Queued);
+        assert_eq!(r.stats.sequence_restarts, 1);
+    }
+
+    #[test]
     fn ssrc_change_restarts_sequence_space() {
         let t = Instant::now();
         let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0], t);
         r.on_rtp(t, addr(1), &rtp(100, 0, 7, 0));
         r.on_rtp(t, addr(1), &rtp(101, 160, 7, 0));
         let pkt = rtp(5000, 999_999, 8, 0);
-        assert_eq!(r.on_rtp(t, addr(1), &pkt), Accept::SsrcChanged);
+        assert_eq!(r.on_rtp(t, addr(1), &pkt), Accept::Restart);
         let mut n = 0;
         while r.pop_any().is_some() {
             n += 1;

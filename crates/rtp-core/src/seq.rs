@@ -20,6 +20,14 @@ impl SeqExtender {
         ext
     }
 
+    /// The extended value `seq` would get, without recording it.
+    pub fn peek(&self, seq: u16) -> u64 {
+        match self.last {
+            None => seq as u64 + (1 << 16),
+            Some(last) => closest(last, seq as u64, 16),
+        }
+    }
+
     pub fn reset(&mut self) {
         self.last = None;
     }

@@ -21,6 +21,12 @@ pub struct StreamStats {
     /// Packets from an address other than the latched source.
     pub foreign: u64,
     pub ssrc_changes: u32,
+    /// Packets dropped for a sequence number far from the stream's.
+    #[serde(default)]
+    pub sequence_jumps: u64,
+    /// Sender restarts (jumps confirmed by a second packet).
+    #[serde(default)]
+    pub sequence_restarts: u32,
     /// Interarrival jitter estimate in milliseconds.
     pub jitter_ms: f64,
     pub max_jitter_ms: f64,

@@ -1,0 +1,20 @@
+//! RTP ingest for callvault.
+//!
+//! - [`socket`]: batched `recvmmsg`/`sendmmsg` (the only `unsafe` code).
+//! - [`ports`]: the RTP port range; allocation binds the sockets.
+//! - [`engine`]: ingest threads (one recording's streams on one thread,
+//!   no locks on the hot path) and the hand-off to [`writer`].
+//! - [`writer`]: appends committed audio and fdatasyncs it on a cadence.
+//!
+//! The engine takes [`recorder::MediaCommand`]s and reports
+//! [`engine::EngineEvent`]s through a callback, so it does not depend on
+//! any async runtime.
+
+pub mod engine;
+pub mod ports;
+pub mod socket;
+pub mod writer;
+
+pub use engine::{EngineConfig, EngineEvent, EngineStats, MediaEngine, StatsSnapshot};
+pub use ports::{PendingSockets, UdpPortPool};
+pub use socket::{RecvBatch, SendBatch};
