@@ -106,13 +106,18 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         ta.fill(&mut pcm);
         Codec::Pcmu.encode(&pcm, &mut enc);
-        sender.send_to(&rtp(seq_a, 1000 + n * 160, 0xa, 0, &enc), dest_a).unwrap();
-        seq_a += 1;
-        if n == 40 {
-            // The end packet of an RFC 4733 event, sent three times.
-            let dtmf = [7u8, 0x80 | 10, 0x03, 0x20];
-            for _ in 0..3 {
-                sender.send_to(&rtp(seq_a, 1000 + n * 160, 0xa, 101, &dtmf), dest_a).unwrap();
+        if !(40..45).contains(&n) {
+            sender.send_to(&rtp(seq_a, 1000 + n * 160, 0xa, 0, &enc), dest_a).unwrap();
+            seq_a += 1;
+        }
+        if (40..45).contains(&n) {
+            // An RFC 4733 event in place of audio: start, updates, and the
+            // end packet three times, all with the event's start timestamp.
+            let dur = ((n - 40) * 160 + 160) as u16;
+            let end = n == 44;
+            let dtmf = [7u8, if end { 0x80 | 10 } else { 10 }, (dur >> 8) as u8, dur as u8];
+            for _ in 0..(if end { 3 } else { 1 }) {
+                sender.send_to(&rtp(seq_a, 1000 + 40 * 160, 0xa, 101, &dtmf), dest_a).unwrap();
                 seq_a += 1;
             }
         }
@@ -144,13 +149,14 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
         }
     }
     let mut meta = *closed.expect("recording closed");
-    assert_eq!(meta.streams[0].stats.packets, 78, "75 audio + 3 DTMF: {:?}", meta.streams[0].stats);
+    assert_eq!(meta.streams[0].stats.packets, 77, "70 audio + 7 DTMF: {:?}", meta.streams[0].stats);
     assert_eq!(meta.streams[0].stats.lost, 0);
     assert_eq!((meta.streams[1].stats.expected, meta.streams[1].stats.lost), (50, 7), "every 7th lost");
     assert_eq!(meta.dtmf.len(), 1);
     assert_eq!(meta.dtmf[0].digit, '7');
     assert!((700..=940).contains(&meta.dtmf[0].at_ms), "DTMF at {} ms", meta.dtmf[0].at_ms);
     assert_eq!(meta.dtmf[0].duration_ms, 100);
+    assert_eq!(meta.dtmf[0].source, "rtp");
 
     Archive::new(dir.clone()).finalize(&mut meta).unwrap();
     let audio = meta.audio.clone().unwrap();

@@ -227,6 +227,12 @@ impl Recorder {
         self.pump(now);
     }
 
+    /// The head of a message too large to accept (stream transports): 513.
+    pub fn reject_oversized(&mut self, now: Now, peer: Peer, head: &[u8]) {
+        self.endpoint.reject_unparsable(peer, head, StatusCode::MESSAGE_TOO_LARGE, "Message Too Large");
+        self.pump(now);
+    }
+
     pub fn handle_timeout(&mut self, now: Now) {
         self.endpoint.handle_timeout(now.mono);
         let expired: Vec<LegKey> = self

@@ -103,3 +103,24 @@ mod tests {
         assert_eq!(d.on_packet(1, &pkt(200, true, 1)), None);
     }
 }
+
+#[cfg(test)]
+mod sequence_tests {
+    use super::*;
+
+    #[test]
+    fn full_event_sequence_from_a_real_sender() {
+        let mut d = DtmfDetector::default();
+        let mut got = vec![];
+        for (dur, end) in
+            [(160u16, false), (320, false), (480, false), (640, false), (800, true), (800, true), (800, true)]
+        {
+            let p = [1u8, if end { 0x8a } else { 0x0a }, (dur >> 8) as u8, dur as u8];
+            if let Some(e) = d.on_packet(854642052, &p) {
+                got.push(e);
+            }
+        }
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].digit, got[0].duration), ('1', 800));
+    }
+}

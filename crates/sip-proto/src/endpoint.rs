@@ -365,7 +365,8 @@ impl Endpoint {
 
     /// Best-effort error answer to a request whose body or size is broken:
     /// re-parses the header block alone and answers if it names a request.
-    fn reject_unparsable(&mut self, peer: Peer, data: &[u8], status: StatusCode, reason: &str) {
+    /// Drivers call it for a stream message too large to frame (513).
+    pub fn reject_unparsable(&mut self, peer: Peer, data: &[u8], status: StatusCode, reason: &str) {
         let head_len = data
             .windows(4)
             .position(|w| w == b"\r\n\r\n")

@@ -1,0 +1,362 @@
+//! `callvault bench`: what recording costs, measured against what the
+//! machine needs just to receive the same packets.
+//!
+//! (a) **Floor**: a bare sink (mio + `recvmmsg`, nothing else) on as many
+//!     sockets as the recorder would use, fed by the same pacer the load
+//!     generator uses; CPU per packet from the sink thread's CPU clock.
+//! (b) **Recorder**: the real `callvault serve` in a child process, N
+//!     concurrent G.711 SIPREC calls from the load generator; CPU per
+//!     packet from the child's /proc counters over a window in the middle
+//!     of the calls, loss from its metrics. N grows until packets are lost.
+//! (c) **Setup rate**: INVITE→200 for many short calls at high concurrency.
+//!
+//! Ratios (b)/(a) are what to compare across machines: the box is shared
+//! and noisy, so both figures come from the same run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use media::Codec;
+use media_engine::RecvBatch;
+use serde::Serialize;
+
+use crate::client::{place_calls, CallArgs, Pacer, Source, StreamPlan};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// First number of concurrent calls.
+    #[arg(long, default_value_t = 250)]
+    pub start: usize,
+    /// Calls added per step.
+    #[arg(long, default_value_t = 250)]
+    pub step: usize,
+    /// Stop after this many concurrent calls even without loss.
+    #[arg(long, default_value_t = 2000)]
+    pub max: usize,
+    /// Seconds of measurement per step (after 3 s of warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub window: u64,
+    /// Calls for the setup-rate measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub setup_calls: usize,
+    /// Print the results as JSON too.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct Floor {
+    sockets: usize,
+    packets: u64,
+    cpu_ns_per_packet: f64,
+}
+
+#[derive(Debug, Serialize, Clone)]
+struct Step {
+    calls: usize,
+    packets_per_s: f64,
+    received: u64,
+    sent: u64,
+    lost: u64,
+    late: u64,
+    cpu_percent: f64,
+    cpu_ns_per_packet: f64,
+    floor_ns_per_packet: f64,
+    ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cores: usize,
+    single_socket_floor_ns: f64,
+    steps: Vec<Step>,
+    max_calls_without_loss: usize,
+    setup_calls: usize,
+    setup_calls_per_s: f64,
+    setup_ms_p50: f64,
+    setup_ms_p95: f64,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Receives with mio + recvmmsg on `sockets` sockets, counting packets and
+/// its own CPU time, until `stop`.
+fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor> {
+    use mio::net::UdpSocket;
+    use mio::{Events, Interest, Poll, Token};
+    let mut poll = Poll::new()?;
+    let mut socks = Vec::with_capacity(sockets);
+    for i in 0..sockets {
+        let mut s = UdpSocket::bind("127.0.0.1:0".parse()?)?;
+        poll.registry().register(&mut s, Token(i), Interest::READABLE)?;
+        socks.push(s);
+    }
+    let plans = socks
+        .iter()
+        .map(|s| StreamPlan {
+            dest: s.local_addr().expect("bound"),
+            rtcp_dest: None,
+            codec: Codec::Pcmu,
+            pt: 0,
+            telephone_event_pt: 101,
+            source: Source::Tone(440.0),
+            loss: 0.0,
+            dtmf: None,
+        })
+        .collect();
+    pacer.play(u64::MAX, plans);
+    let packets = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let (p2, s2, m2) = (packets.clone(), stop.clone(), measuring.clone());
+    let handle = std::thread::spawn(move || -> u64 {
+        use std::os::fd::AsRawFd;
+        let mut events = Events::with_capacity(1024);
+        let mut batch = RecvBatch::new(32);
+        let (mut cpu0, mut counting) = (0u64, false);
+        while !s2.load(Ordering::Relaxed) {
+            if !counting && m2.load(Ordering::Relaxed) {
+                counting = true;
+                cpu0 = thread_cpu_ns();
+            }
+            let _ = poll.poll(&mut events, Some(Duration::from_millis(20)));
+            for ev in events.iter() {
+                let s = &socks[ev.token().0];
+                loop {
+                    let n = batch.recv(s.as_raw_fd()).unwrap_or(0);
+                    if counting {
+                        p2.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    if n < batch.capacity() {
+                        break;
+                    }
+                }
+            }
+        }
+        thread_cpu_ns() - cpu0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    measuring.store(true, Ordering::Relaxed);
+    std::thread::sleep(window);
+    stop.store(true, Ordering::Relaxed);
+    let cpu = handle.join().expect("sink thread");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(pacer.stop(u64::MAX));
+    let n = packets.load(Ordering::Relaxed).max(1);
+    Ok(Floor { sockets, packets: n, cpu_ns_per_packet: cpu as f64 / n as f64 })
+}
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    sip: SocketAddr,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_server() -> anyhow::Result<Server> {
+    let dir = std::env::temp_dir().join(format!("callvault-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "", "--http", "127.0.0.1:0", "--media-ports", "20000-29999"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting callvault serve")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = crate::serve::read_listen(&dir) {
+            let sip = l["sip_udp"].as_str().context("no sip_udp")?.parse()?;
+            let http = l["http"].as_str().context("no http")?.parse()?;
+            return Ok(Server { child, dir, sip, http });
+        }
+        if Instant::now() > deadline {
+            bail!("server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn proc_cpu_ns(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(ticks * 1_000_000_000 / hz)
+}
+
+fn metric(http: SocketAddr, name: &str) -> anyhow::Result<u64> {
+    let body = ureq::get(&format!("http://{http}/metrics")).call()?.body_mut().read_to_string()?;
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix(name) {
+            if let Some(v) = rest.strip_prefix(' ') {
+                return Ok(v.trim().parse::<f64>()? as u64);
+            }
+        }
+    }
+    bail!("metric {name} not found")
+}
+
+#[derive(Parser)]
+struct CallWrapper {
+    #[command(flatten)]
+    a: CallArgs,
+}
+
+fn call_args(target: SocketAddr, extra: &[&str]) -> anyhow::Result<CallArgs> {
+    let mut v = vec!["call".to_owned(), target.to_string()];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    Ok(CallWrapper::try_parse_from(v)?.a)
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("callvault bench on {cores} cores");
+    let pacer = Pacer::start("127.0.0.1:0".parse()?)?;
+    let single = sink(1, &pacer, Duration::from_secs(3));
+    // One stream at 50 packet/s cannot fill recvmmsg batches; a single
+    // socket at high rate is the absolute floor, measured with many streams to it.
+    let single_floor = single.map(|f| f.cpu_ns_per_packet).unwrap_or(0.0);
+
+    let server = start_server()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut steps = Vec::new();
+    let mut max_ok = 0;
+    let mut n = args.start.max(1);
+    while n <= args.max {
+        eprintln!("step: {n} concurrent calls ({} streams, {} packets/s)", 2 * n, 100 * n);
+        let floor = sink(2 * n, &pacer, Duration::from_secs(args.window))?;
+        let duration = 3 + args.window + 3;
+        let ca = call_args(
+            server.sip,
+            &[
+                "--calls",
+                &n.to_string(),
+                "--concurrency",
+                &n.to_string(),
+                "--rate",
+                "400",
+                "--duration",
+                &duration.to_string(),
+                "--setup-timeout",
+                "30",
+            ],
+        )?;
+        let calls = rt.spawn(place_calls(ca));
+        // Wait until every call is up (ramp at 400/s), then warm up.
+        std::thread::sleep(Duration::from_secs_f64(n as f64 / 400.0) + Duration::from_secs(3));
+        let (p0, l0, late0, c0) = (
+            metric(server.http, "callvault_rtp_packets_total")?,
+            metric(server.http, "callvault_rtp_lost_packets_total")?,
+            metric(server.http, "callvault_rtp_late_packets_total")?,
+            proc_cpu_ns(server.child.id())?,
+        );
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_secs(args.window));
+        let (p1, l1, late1, c1) = (
+            metric(server.http, "callvault_rtp_packets_total")?,
+            metric(server.http, "callvault_rtp_lost_packets_total")?,
+            metric(server.http, "callvault_rtp_late_packets_total")?,
+            proc_cpu_ns(server.child.id())?,
+        );
+        let secs = t0.elapsed().as_secs_f64();
+        let summary = rt.block_on(calls)??;
+        let received = p1 - p0;
+        let cpu = (c1 - c0) as f64;
+        let per_packet = cpu / received.max(1) as f64;
+        let step = Step {
+            calls: n,
+            packets_per_s: received as f64 / secs,
+            received,
+            sent: summary.packets_sent,
+            lost: l1 - l0,
+            late: late1 - late0,
+            cpu_percent: cpu / secs / 1e7,
+            cpu_ns_per_packet: per_packet,
+            floor_ns_per_packet: floor.cpu_ns_per_packet,
+            ratio: per_packet / floor.cpu_ns_per_packet.max(1.0),
+        };
+        let failed = summary.failed;
+        eprintln!(
+            "  {} calls up ({} failed): {:.0} pkt/s, CPU {:.1}%, {:.0} ns/pkt vs floor {:.0} ns/pkt (x{:.2}), lost {}, late {}",
+            summary.established, failed, step.packets_per_s, step.cpu_percent, step.cpu_ns_per_packet,
+            step.floor_ns_per_packet, step.ratio, step.lost, step.late
+        );
+        let clean = step.lost == 0 && step.late == 0 && failed == 0;
+        steps.push(step);
+        if !clean {
+            break;
+        }
+        max_ok = n;
+        n += args.step.max(1);
+        std::thread::sleep(Duration::from_secs(2)); // let the recordings close
+    }
+
+    eprintln!("setup rate: {} calls", args.setup_calls);
+    let ca = call_args(
+        server.sip,
+        &["--calls", &args.setup_calls.to_string(), "--concurrency", "200", "--rate", "100000", "--duration", "0.2"],
+    )?;
+    let t0 = Instant::now();
+    let s = rt.block_on(place_calls(ca))?;
+    let rate = s.established as f64 / t0.elapsed().as_secs_f64();
+    let report = Report {
+        cores,
+        single_socket_floor_ns: single_floor,
+        steps,
+        max_calls_without_loss: max_ok,
+        setup_calls: s.attempted,
+        setup_calls_per_s: rate,
+        setup_ms_p50: s.setup_ms_p50,
+        setup_ms_p95: s.setup_ms_p95,
+    };
+    println!("\n== callvault bench ({} cores)", report.cores);
+    println!(
+        "{:>6} {:>9} {:>7} {:>12} {:>12} {:>7} {:>6} {:>6}",
+        "calls", "pkt/s", "cpu%", "ns/pkt", "floor ns", "ratio", "lost", "late"
+    );
+    for s in &report.steps {
+        println!(
+            "{:>6} {:>9.0} {:>7.1} {:>12.0} {:>12.0} {:>7.2} {:>6} {:>6}",
+            s.calls,
+            s.packets_per_s,
+            s.cpu_percent,
+            s.cpu_ns_per_packet,
+            s.floor_ns_per_packet,
+            s.ratio,
+            s.lost,
+            s.late
+        );
+    }
+    println!("max concurrent calls with zero loss: {}", report.max_calls_without_loss);
+    println!(
+        "call setup: {} calls, {:.0} calls/s, INVITE->200 p50 {:.1} ms, p95 {:.1} ms ({} failed)",
+        report.setup_calls, report.setup_calls_per_s, report.setup_ms_p50, report.setup_ms_p95, s.failed
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

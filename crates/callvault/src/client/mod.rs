@@ -1,0 +1,555 @@
+//! `callvault call`: places real calls against a recorder, as a SIPREC
+//! SBC, as Cisco Built-in-Bridge forking (two delayed-offer legs linked by
+//! `x-refci`), or as a plain INVITE, with real RTP paced at 20 ms from WAV
+//! files or tones. Many calls at once with `--calls`, `--concurrency` and
+//! `--rate`; prints a summary (or JSON with `--json`).
+
+mod rtp;
+mod sip;
+
+pub use self::rtp::{Pacer, Source, StreamPlan};
+
+pub use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use media::Codec;
+use serde::Serialize;
+use sip_proto::{HeaderAccess, Method, Response, Transport};
+use siprec::sdp;
+use tokio::sync::Semaphore;
+
+use self::sip::{Leg, Wake};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Mode {
+    /// RFC 7866 SIPREC: one INVITE, SDP + rs-metadata, two labelled streams.
+    Siprec,
+    /// Cisco BiB style: two INVITEs (near end, far end) without SDP, linked by x-refci.
+    Forked,
+    /// A plain INVITE with `--streams` sendonly media lines.
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum TransportArg {
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CodecArg {
+    Pcmu,
+    Pcma,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CallArgs {
+    /// Recorder SIP address, host:port.
+    pub target: String,
+    #[arg(long, value_enum, default_value = "siprec")]
+    pub mode: Mode,
+    #[arg(long, value_enum, default_value = "udp")]
+    pub transport: TransportArg,
+    /// Seconds of media per call before hanging up.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Calls to place in total.
+    #[arg(long, default_value_t = 1)]
+    pub calls: usize,
+    /// Calls up at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// New calls per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// WAV for the caller's voice (stream/channel A); default a tone.
+    #[arg(long)]
+    pub wav_a: Option<PathBuf>,
+    /// WAV for the callee's voice (stream/channel B).
+    #[arg(long)]
+    pub wav_b: Option<PathBuf>,
+    /// Tone for A when no WAV is given, Hz.
+    #[arg(long, default_value_t = 440.0)]
+    pub tone_a: f64,
+    /// Tone for B when no WAV is given, Hz.
+    #[arg(long, default_value_t = 1000.0)]
+    pub tone_b: f64,
+    #[arg(long, value_enum, default_value = "pcmu")]
+    pub codec: CodecArg,
+    /// Fraction of RTP packets to drop (0.0–1.0), to test loss handling.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    #[arg(long, default_value = "+15550100")]
+    pub caller: String,
+    #[arg(long, default_value = "+15550199")]
+    pub callee: String,
+    #[arg(long, default_value = "Alice Caller")]
+    pub caller_name: String,
+    #[arg(long, default_value = "Bob Callee")]
+    pub callee_name: String,
+    /// Media lines of a plain call.
+    #[arg(long, default_value_t = 2)]
+    pub streams: usize,
+    /// Plain calls: send the INVITE without SDP (offer comes in the 200 OK).
+    #[arg(long)]
+    pub delayed_offer: bool,
+    /// DTMF digits to send on stream A (RFC 4733).
+    #[arg(long)]
+    pub dtmf: Option<String>,
+    /// When to send the DTMF digits, seconds into the call.
+    #[arg(long, default_value_t = 1.0)]
+    pub dtmf_at: f64,
+    /// Local address to send from (default: loopback for loopback targets).
+    #[arg(long)]
+    pub local_ip: Option<IpAddr>,
+    /// Seconds to wait for the final answer to an INVITE.
+    #[arg(long, default_value_t = 10.0)]
+    pub setup_timeout: f64,
+    /// Print a JSON summary (with every call) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Outcome of one call.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CallOutcome {
+    pub call_ids: Vec<String>,
+    pub established: bool,
+    /// Final status of the (first failing, else first) INVITE.
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    pub error: Option<String>,
+    pub setup_ms: Option<f64>,
+    pub ended_by_recorder: bool,
+    pub packets_sent: u64,
+    pub packets_dropped: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub attempted: usize,
+    pub established: usize,
+    pub failed: usize,
+    pub failures_by_status: std::collections::BTreeMap<String, usize>,
+    pub setup_ms_mean: f64,
+    pub setup_ms_p50: f64,
+    pub setup_ms_p95: f64,
+    pub setup_ms_max: f64,
+    pub packets_sent: u64,
+    pub elapsed_s: f64,
+    pub calls: Vec<CallOutcome>,
+}
+
+struct Shared {
+    args: CallArgs,
+    target: SocketAddr,
+    local_ip: IpAddr,
+    pacer: Pacer,
+    source_a: Source,
+    source_b: Source,
+    codec: Codec,
+}
+
+pub fn run(args: CallArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let summary = rt.block_on(place_calls(args.clone()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "calls: {} attempted, {} established, {} failed {:?}",
+            summary.attempted, summary.established, summary.failed, summary.failures_by_status
+        );
+        println!(
+            "setup (INVITE→final): mean {:.1} ms, p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+            summary.setup_ms_mean, summary.setup_ms_p50, summary.setup_ms_p95, summary.setup_ms_max
+        );
+        println!("rtp packets sent: {}; elapsed {:.1} s", summary.packets_sent, summary.elapsed_s);
+        for c in summary.calls.iter().filter(|c| !c.established) {
+            println!(
+                "  failed {:?}: {:?} {}",
+                c.call_ids,
+                c.status,
+                c.error.as_deref().or(c.reason.as_deref()).unwrap_or("")
+            );
+        }
+    }
+    if summary.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+pub async fn place_calls(args: CallArgs) -> anyhow::Result<Summary> {
+    let target = tokio::net::lookup_host(&args.target)
+        .await
+        .with_context(|| format!("resolving {}", args.target))?
+        .next()
+        .with_context(|| format!("{} has no address", args.target))?;
+    let local_ip = args.local_ip.unwrap_or(if target.ip().is_loopback() {
+        target.ip()
+    } else if target.is_ipv4() {
+        IpAddr::from([0, 0, 0, 0])
+    } else {
+        "::".parse().expect("valid")
+    });
+    let load = |p: &Option<PathBuf>, tone: f64| -> anyhow::Result<Source> {
+        Ok(match p {
+            Some(p) => Source::Samples(Arc::new(rtp::load_wav(p).with_context(|| format!("reading {}", p.display()))?)),
+            None => Source::Tone(tone),
+        })
+    };
+    let shared = Arc::new(Shared {
+        source_a: load(&args.wav_a, args.tone_a)?,
+        source_b: load(&args.wav_b, args.tone_b)?,
+        codec: match args.codec {
+            CodecArg::Pcmu => Codec::Pcmu,
+            CodecArg::Pcma => Codec::Pcma,
+        },
+        pacer: Pacer::start(SocketAddr::new(local_ip, 0))?,
+        target,
+        local_ip,
+        args: args.clone(),
+    });
+    let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.calls);
+    for i in 0..args.calls {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let due = started + gap.mul_f64(i as f64);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        let sh = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let out = one_call(&sh, i as u64).await;
+            drop(permit);
+            out
+        }));
+    }
+    let mut calls = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        calls.push(t.await.unwrap_or_else(|e| CallOutcome { error: Some(e.to_string()), ..Default::default() }));
+    }
+    let mut setups: Vec<f64> = calls.iter().filter_map(|c| c.setup_ms).collect();
+    setups.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| if setups.is_empty() { 0.0 } else { setups[((setups.len() - 1) as f64 * p).round() as usize] };
+    let mut failures = std::collections::BTreeMap::new();
+    for c in calls.iter().filter(|c| !c.established) {
+        let key = c.status.map(|s| s.to_string()).unwrap_or_else(|| "no-answer".into());
+        *failures.entry(key).or_insert(0) += 1;
+    }
+    Ok(Summary {
+        attempted: calls.len(),
+        established: calls.iter().filter(|c| c.established).count(),
+        failed: calls.iter().filter(|c| !c.established).count(),
+        failures_by_status: failures,
+        setup_ms_mean: if setups.is_empty() { 0.0 } else { setups.iter().sum::<f64>() / setups.len() as f64 },
+        setup_ms_p50: pct(0.5),
+        setup_ms_p95: pct(0.95),
+        setup_ms_max: setups.last().copied().unwrap_or(0.0),
+        packets_sent: calls.iter().map(|c| c.packets_sent).sum(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        calls,
+    })
+}
+
+fn transport(args: &CallArgs) -> Transport {
+    match args.transport {
+        TransportArg::Udp => Transport::Udp,
+        TransportArg::Tcp => Transport::Tcp,
+    }
+}
+
+fn codec_pt(c: Codec) -> u8 {
+    c.static_payload_type()
+}
+
+/// Our SDP: `count` sendonly audio lines (labels 1.. when `labels`).
+fn offer_sdp(sh: &Shared, count: usize, labels: bool) -> Vec<u8> {
+    let ip = sh.pacer.local_addr().ip();
+    let port = sh.pacer.local_addr().port();
+    let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let pref = codec_pt(sh.codec);
+    let other = if pref == 0 { 8 } else { 0 };
+    let mut s = format!(
+        "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
+        fastrand::u32(..)
+    );
+    for i in 0..count {
+        s.push_str(&format!(
+            "m=audio {port} RTP/AVP {pref} {other} 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
+        ));
+        if labels {
+            s.push_str(&format!("a=label:{}\r\n", i + 1));
+        }
+        s.push_str("a=sendonly\r\n");
+    }
+    s.into_bytes()
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+/// RFC 7865 metadata: caller sends label 1, callee sends label 2.
+fn metadata_xml(a: &CallArgs) -> String {
+    let t = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    let id = |p: &str| format!("{p}{:016x}", fastrand::u64(..));
+    let (g, s, pa, pb, sa, sb) = (id("g"), id("s"), id("pa"), id("pb"), id("sa"), id("sb"));
+    let aor = |n: &str| xml_escape(&format!("sip:{n}@callvault.test"));
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<recording xmlns='urn:ietf:params:xml:ns:recording:1'>
+  <datamode>complete</datamode>
+  <group group_id="{g}"><associate-time>{t}</associate-time></group>
+  <session session_id="{s}"><group-ref>{g}</group-ref><start-time>{t}</start-time></session>
+  <participant participant_id="{pa}"><nameID aor="{aa}"><name xml:lang="en">{an}</name></nameID></participant>
+  <participant participant_id="{pb}"><nameID aor="{ba}"><name xml:lang="en">{bn}</name></nameID></participant>
+  <stream stream_id="{sa}" session_id="{s}"><label>1</label></stream>
+  <stream stream_id="{sb}" session_id="{s}"><label>2</label></stream>
+  <sessionrecordingassoc session_id="{s}"><associate-time>{t}</associate-time></sessionrecordingassoc>
+  <participantsessionassoc participant_id="{pa}" session_id="{s}"><associate-time>{t}</associate-time></participantsessionassoc>
+  <participantsessionassoc participant_id="{pb}" session_id="{s}"><associate-time>{t}</associate-time></participantsessionassoc>
+  <participantstreamassoc participant_id="{pa}"><send>{sa}</send><recv>{sb}</recv></participantstreamassoc>
+  <participantstreamassoc participant_id="{pb}"><send>{sb}</send><recv>{sa}</recv></participantstreamassoc>
+</recording>
+"#,
+        aa = aor(&a.caller),
+        ba = aor(&a.callee),
+        an = xml_escape(&a.caller_name),
+        bn = xml_escape(&a.callee_name),
+    )
+}
+
+fn multipart(sdp: &[u8], xml: &str) -> (String, Vec<u8>) {
+    let boundary = format!("callvault-{:08x}", fastrand::u32(..));
+    let mut b = Vec::new();
+    b.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/sdp\r\n\r\n").as_bytes());
+    b.extend_from_slice(sdp);
+    b.extend_from_slice(
+        format!("\r\n--{boundary}\r\nContent-Type: application/rs-metadata+xml\r\nContent-Disposition: recording-session\r\n\r\n")
+            .as_bytes(),
+    );
+    b.extend_from_slice(xml.as_bytes());
+    b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/mixed;boundary={boundary}"), b)
+}
+
+/// Where to send each stream, from the recorder's SDP (answer or offer).
+fn media_targets(body: &[u8], want: Codec) -> anyhow::Result<Vec<Option<(SocketAddr, u8)>>> {
+    let sd = sdp::parse(body).map_err(|e| anyhow::anyhow!("recorder SDP: {e}"))?;
+    Ok(sd
+        .streams
+        .iter()
+        .map(|s| {
+            let remote = s.remote()?;
+            let pt = s
+                .rtpmaps
+                .iter()
+                .find(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels) == Some(want))
+                .or_else(|| {
+                    s.rtpmaps.iter().find(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).is_some())
+                })
+                .map(|m| m.pt)?;
+            Some((remote, pt))
+        })
+        .collect())
+}
+
+fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, dtmf: bool) -> StreamPlan {
+    let codec = if pt == 8 { Codec::Pcma } else { Codec::Pcmu };
+    StreamPlan {
+        dest,
+        rtcp_dest: Some(SocketAddr::new(dest.ip(), dest.port() + 1)),
+        codec,
+        pt,
+        telephone_event_pt: 101,
+        source,
+        loss: sh.args.loss,
+        dtmf: if dtmf { sh.args.dtmf.clone().map(|d| (d, Duration::from_secs_f64(sh.args.dtmf_at))) } else { None },
+    }
+}
+
+fn fail(out: &mut CallOutcome, r: &Response) {
+    out.status = Some(r.status.as_u16());
+    out.reason = Some(r.reason.clone());
+}
+
+async fn one_call(sh: &Shared, key: u64) -> CallOutcome {
+    let mut out = CallOutcome::default();
+    let result = match sh.args.mode {
+        Mode::Siprec => siprec_call(sh, key, &mut out).await,
+        Mode::Plain => plain_call(sh, key, &mut out).await,
+        Mode::Forked => forked_call(sh, key, &mut out).await,
+    };
+    if let Err(e) = result {
+        out.error = Some(format!("{e:#}"));
+        out.established = false;
+    }
+    out
+}
+
+/// Sends the INVITE, returns the 2xx (or records the failure).
+async fn invite(
+    sh: &Shared,
+    leg: &mut Leg,
+    extra: &[(&str, String)],
+    body: Option<(&str, Vec<u8>)>,
+    out: &mut CallOutcome,
+) -> anyhow::Result<Option<Response>> {
+    out.call_ids.push(leg.call_id.clone());
+    let req = leg.request(Method::Invite, extra, body);
+    let t0 = Instant::now();
+    let resp = leg.transact(req, Duration::from_secs_f64(sh.args.setup_timeout)).await?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    out.setup_ms = Some(out.setup_ms.map_or(ms, |m: f64| m.max(ms)));
+    if !resp.status.is_success() {
+        fail(out, &resp);
+        return Ok(None);
+    }
+    out.status.get_or_insert(resp.status.as_u16());
+    leg.confirm(&resp);
+    Ok(Some(resp))
+}
+
+/// Plays media until the duration passes or the recorder hangs up, then BYE.
+async fn talk(
+    sh: &Shared,
+    key: u64,
+    legs: &mut [Leg],
+    plans: Vec<StreamPlan>,
+    out: &mut CallOutcome,
+) -> anyhow::Result<()> {
+    out.established = true;
+    sh.pacer.play(key, plans);
+    let end = Instant::now() + Duration::from_secs_f64(sh.args.duration);
+    // Every leg answers the recorder while the call runs (a BYE may come on either).
+    let results = match legs {
+        [a] => vec![a.wait(end).await],
+        [a, b] => {
+            let (x, y) = tokio::join!(a.wait(end), b.wait(end));
+            vec![x, y]
+        }
+        _ => bail!("a call has one or two legs"),
+    };
+    for r in results {
+        if r? == Wake::RemoteBye {
+            out.ended_by_recorder = true;
+        }
+    }
+    for s in sh.pacer.stop(key).await {
+        out.packets_sent += s.packets;
+        out.packets_dropped += s.dropped;
+    }
+    for leg in legs.iter_mut().filter(|l| !l.remote_bye) {
+        let bye = leg.request(Method::Bye, &[], None);
+        match leg.transact(bye, Duration::from_secs(4)).await {
+            Ok(r) if r.status.is_success() || r.status.as_u16() == 481 => {}
+            Ok(r) => tracing::warn!(status = r.status.as_u16(), "BYE answered with an error"),
+            Err(e) => tracing::warn!(error = %e, "BYE unanswered"),
+        }
+    }
+    Ok(())
+}
+
+async fn siprec_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {
+    let mut leg = Leg::connect(sh.target, transport(&sh.args), sh.local_ip).await?;
+    let from = format!("\"callvault SRC\" <sip:src@{}>", leg.local_addr());
+    leg.set_parties(&from, &format!("<sip:srs@{}>", sh.target));
+    let (ct, body) = multipart(&offer_sdp(sh, 2, true), &metadata_xml(&sh.args));
+    let extra = [("Require", "siprec".to_owned()), ("Supported", "siprec".to_owned())];
+    let Some(ok) = invite(sh, &mut leg, &extra, Some((ct.as_str(), body)), out).await? else { return Ok(()) };
+    let targets = media_targets(&ok.body, sh.codec)?;
+    let cseq = leg.cseq();
+    leg.ack(cseq, None).await?;
+    let sources = [sh.source_a.clone(), sh.source_b.clone()];
+    let plans = targets
+        .iter()
+        .zip(sources)
+        .enumerate()
+        .filter_map(|(i, (t, src))| t.map(|(dest, pt)| plan(sh, dest, pt, src, i == 0)))
+        .collect();
+    talk(sh, key, std::slice::from_mut(&mut leg), plans, out).await
+}
+
+async fn plain_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {
+    let mut leg = Leg::connect(sh.target, transport(&sh.args), sh.local_ip).await?;
+    let from = format!("\"{}\" <sip:{}@callvault.test>", sh.args.caller_name, sh.args.caller);
+    let to = format!("\"{}\" <sip:{}@callvault.test>", sh.args.callee_name, sh.args.callee);
+    leg.set_parties(&from, &to);
+    let streams = sh.args.streams.max(1);
+    let body = (!sh.args.delayed_offer).then(|| ("application/sdp", offer_sdp(sh, streams, false)));
+    let Some(ok) = invite(sh, &mut leg, &[], body, out).await? else { return Ok(()) };
+    let targets = media_targets(&ok.body, sh.codec)?;
+    let cseq = leg.cseq();
+    let answer = sh.args.delayed_offer.then(|| ("application/sdp", answer_sdp(sh, &targets)));
+    leg.ack(cseq, answer).await?;
+    let sources = [sh.source_a.clone(), sh.source_b.clone()];
+    let plans = targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.map(|(dest, pt)| plan(sh, dest, pt, sources[i % 2].clone(), i == 0)))
+        .collect();
+    talk(sh, key, std::slice::from_mut(&mut leg), plans, out).await
+}
+
+/// Answer to the recorder's offer (delayed offer): sendonly, our codec.
+fn answer_sdp(sh: &Shared, targets: &[Option<(SocketAddr, u8)>]) -> Vec<u8> {
+    let ip = sh.pacer.local_addr().ip();
+    let port = sh.pacer.local_addr().port();
+    let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let mut s = format!(
+        "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
+        fastrand::u32(..)
+    );
+    for t in targets {
+        let pt = t.map(|(_, pt)| pt).unwrap_or(0);
+        let name = if pt == 8 { "PCMA" } else { "PCMU" };
+        s.push_str(&format!(
+            "m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendonly\r\n"
+        ));
+    }
+    s.into_bytes()
+}
+
+async fn forked_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {
+    let a = &sh.args;
+    let refci = fastrand::u32(10_000_000..99_999_999);
+    let far_refci = fastrand::u32(10_000_000..99_999_999);
+    let mut legs = Vec::new();
+    let mut plans = Vec::new();
+    for (role, source) in [("x-nearend", sh.source_a.clone()), ("x-farend", sh.source_b.clone())] {
+        let mut leg = Leg::connect(sh.target, transport(a), sh.local_ip).await?;
+        let from = format!(
+            "\"{}\" <sip:{}@callvault.test;{role};x-refci={refci};x-nearenddevice=SEPCALLVAULT01;x-nearendaddr={};\
+             x-farendrefci={far_refci};x-farenddevice=callvault-far;x-farendaddr={}>",
+            a.caller_name, a.caller, a.caller, a.callee
+        );
+        leg.set_parties(&from, &format!("<sip:recorder@{}>", sh.target));
+        let Some(ok) = invite(sh, &mut leg, &[], None, out).await? else {
+            // Hang up the leg that did come up, so nothing dangles.
+            for l in legs.iter_mut() {
+                let l: &mut Leg = l;
+                let bye = l.request(Method::Bye, &[], None);
+                let _ = l.transact(bye, Duration::from_secs(4)).await;
+            }
+            return Ok(());
+        };
+        if ok.content_type().is_none_or(|t| !t.is("application/sdp")) {
+            bail!("recorder answered a delayed-offer INVITE without an SDP offer");
+        }
+        let targets = media_targets(&ok.body, sh.codec)?;
+        let cseq = leg.cseq();
+        leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets)))).await?;
+        if let Some(Some((dest, pt))) = targets.first() {
+            plans.push(plan(sh, *dest, *pt, source, role == "x-nearend"));
+        }
+        legs.push(leg);
+    }
+    talk(sh, key, &mut legs, plans, out).await
+}

@@ -1,0 +1,218 @@
+//! Node configuration: built-in defaults, then an optional TOML file, then
+//! `CALLVAULT_*` environment variables (`__` separates sections, e.g.
+//! `CALLVAULT_SIP__UDP=0.0.0.0:5070`), then command-line flags.
+//! Every key is documented in `docs/configuration.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node; generated and remembered in the data directory if unset.
+    pub node_id: Option<String>,
+    /// Where audio, metadata and the database live.
+    pub data_dir: PathBuf,
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP listen address; empty disables UDP.
+    pub udp: String,
+    /// TCP listen address; empty disables TCP.
+    pub tcp: String,
+    /// Address written into SDP and Contact (defaults to the address the
+    /// request was sent to, or the listen address).
+    pub advertised_address: Option<IpAddr>,
+    /// Networks allowed to send recording sessions (CIDR); empty allows all.
+    pub allowed_sources: Vec<IpNet>,
+    /// Active recordings above which new calls get 503 (0 = unlimited).
+    pub max_calls: usize,
+    /// Seconds in the Retry-After of a 503.
+    pub retry_after_secs: u32,
+    /// Smallest accepted Session-Expires (RFC 4028), seconds.
+    pub min_session_expires_secs: u32,
+    /// Largest SIP message accepted over TCP, bytes.
+    pub max_message_bytes: usize,
+    /// RFC 3261 T1 in milliseconds (retransmission base).
+    pub t1_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address RTP sockets bind to.
+    pub bind: IpAddr,
+    /// First and last port of the RTP range (even ports carry RTP, odd RTCP).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Ingest threads.
+    pub threads: usize,
+    /// Seconds without RTP (on streams not on hold) before a call is completed.
+    pub media_timeout_secs: u64,
+    /// Milliseconds audio is held for reordering before it is written.
+    pub playout_delay_ms: u64,
+    /// Milliseconds between fdatasync of recording files (0 = never; a
+    /// killed process still loses nothing the kernel has).
+    pub sync_interval_ms: u64,
+    /// SO_RCVBUF for each RTP socket, bytes (0 = system default).
+    pub recv_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTP listen address (health, API, metrics); empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// New calls are refused (503) when the data directory has less free space, MiB.
+    pub min_free_mib: u64,
+    /// Seconds between storage health probes.
+    pub probe_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing filter, e.g. `info` or `callvault=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            data_dir: PathBuf::from("callvault-data"),
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: "0.0.0.0:5060".into(),
+            tcp: "0.0.0.0:5060".into(),
+            advertised_address: None,
+            allowed_sources: Vec::new(),
+            max_calls: 0,
+            retry_after_secs: 60,
+            min_session_expires_secs: 90,
+            max_message_bytes: 65_535,
+            t1_ms: 500,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port_min: 20_000,
+            port_max: 29_999,
+            threads: 1,
+            media_timeout_secs: 30,
+            playout_delay_ms: 200,
+            sync_interval_ms: 1000,
+            recv_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "0.0.0.0:8080".into() }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { min_free_mib: 256, probe_interval_secs: 5 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Defaults ← `file` (if any) ← environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("configuration file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("CALLVAULT_").split("__").ignore(&["config"]));
+        let cfg: Config = fig.extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.media.port_min >= self.media.port_max {
+            anyhow::bail!("media.port_min must be below media.port_max");
+        }
+        if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
+            anyhow::bail!("at least one of sip.udp and sip.tcp must be set");
+        }
+        for (name, v) in [("sip.udp", &self.sip.udp), ("sip.tcp", &self.sip.tcp), ("http.listen", &self.http.listen)] {
+            if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
+                anyhow::bail!("{name} = {v:?} is not an address:port");
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            anyhow::bail!("log.format must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file_and_file_and_env_override() {
+        let dir = std::env::temp_dir().join(format!("cv-cfg-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("callvault.toml");
+        std::fs::write(&f, "data_dir = \"/srv/rec\"\n[sip]\nudp = \"127.0.0.1:5070\"\nallowed_sources = [\"10.0.0.0/8\"]\n[media]\nport_min = 30000\nport_max = 31000\n").unwrap();
+        let c = Config::load(Some(&f)).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/rec"));
+        assert_eq!(c.sip.udp, "127.0.0.1:5070");
+        assert_eq!(c.sip.tcp, "0.0.0.0:5060", "untouched keys keep defaults");
+        assert_eq!(c.sip.allowed_sources[0].to_string(), "10.0.0.0/8");
+        std::fs::write(&f, "[sip]\nudpp = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err(), "unknown keys are errors");
+        std::fs::write(&f, "[media]\nport_min = 5\nport_max = 4\n").unwrap();
+        assert!(Config::load(Some(&f)).is_err());
+        assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,270 @@
+//! `callvault serve`: one recording node.
+//!
+//! Start-up order matters for "no recording ever stays active":
+//! 1. take the data-directory lock (one server per directory);
+//! 2. open the index, then **recover** — every recording a previous run
+//!    left in progress is finished as `interrupted` with the audio that
+//!    reached disk, and indexed; stale `active` index rows are closed too;
+//! 3. start the media engine, SIP transports and HTTP;
+//! 4. write `listen.json` (actual bound addresses) — the ready signal.
+//!
+//! SIGTERM/SIGINT: calls in progress get a BYE and end `interrupted`, audio
+//! is flushed and archived, then the process exits. Use drain mode first
+//! (`POST /api/drain`) for a rolling upgrade that interrupts nothing.
+
+pub mod core;
+pub mod http;
+pub mod metrics;
+pub mod persist;
+pub mod transport;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use media_engine::{EngineConfig, EngineEvent, MediaEngine, UdpPortPool};
+use model::{NodeId, RecordingState};
+use recorder::{Recorder, RecorderConfig};
+use serde_json::json;
+use sip_proto::TimerConfig;
+use store::{Archive, DataDir, MetaDb};
+use time::OffsetDateTime;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use self::core::{AdminCmd, CoreTask};
+use self::persist::PersistJob;
+use self::transport::Transports;
+use crate::config::Config;
+
+/// Finishes what a previous run left behind. Returns how many recordings
+/// were recovered.
+pub async fn recover(archive: &Archive, db: &MetaDb, node: &NodeId) -> anyhow::Result<usize> {
+    let now = OffsetDateTime::now_utc();
+    let a = archive.clone();
+    let n = node.clone();
+    let found = tokio::task::spawn_blocking(move || a.recover(&n, now)).await??;
+    let mut recovered = std::collections::HashSet::new();
+    for meta in found {
+        recovered.insert(meta.id);
+        tracing::warn!(recording = %meta.id, state = %meta.state, "finishing recording left by the previous run");
+        if let Err(meta) = persist::finish(archive, db, meta).await {
+            tracing::error!(recording = %meta.id, "could not finish recovered recording; it stays in the spool");
+        }
+    }
+    // Index rows still active without spool files: their audio is gone or
+    // was archived before a crash; close them so nothing stays active.
+    for id in db.active_ids().await? {
+        if recovered.contains(&id) {
+            continue;
+        }
+        if let Some(mut meta) = db.get(id).await? {
+            meta.transition(RecordingState::Interrupted, now, "recorder restarted; no audio left in the spool");
+            recovered.insert(id);
+            if let Err(meta) = persist::finish(archive, db, meta).await {
+                tracing::error!(recording = %meta.id, "could not close stale index entry");
+            }
+        }
+    }
+    Ok(recovered.len())
+}
+
+fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<(), String> {
+    let probe = dir.spool_dir().join(".probe");
+    store::durable_write(&probe, b"probe").map_err(|e| format!("spool not writable: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    let st = rustix::fs::statvfs(dir.root()).map_err(|e| format!("statvfs: {e}"))?;
+    let free_mib = st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024);
+    if free_mib < min_free_mib {
+        return Err(format!("only {free_mib} MiB free (minimum {min_free_mib} MiB)"));
+    }
+    Ok(())
+}
+
+fn fallback_ip(cfg: &Config) -> IpAddr {
+    // A specific listen address is the best guess for SDP; 0.0.0.0 is not.
+    for a in [&cfg.sip.udp, &cfg.sip.tcp] {
+        if let Ok(sa) = a.parse::<SocketAddr>() {
+            if !sa.ip().is_unspecified() {
+                return sa.ip();
+            }
+        }
+    }
+    // The interface the default route uses (no packet is sent by connect).
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let dir = DataDir::open(&cfg.data_dir).with_context(|| format!("data directory {}", cfg.data_dir.display()))?;
+    let _lock =
+        dir.try_lock()?.with_context(|| format!("another callvault is already serving {}", cfg.data_dir.display()))?;
+    let node = NodeId(dir.node_id(cfg.node_id.as_deref())?);
+    tracing::info!(node = %node, data_dir = %cfg.data_dir.display(), "starting");
+    let db = MetaDb::open(&dir.db_path()).await.context("opening the metadata index")?;
+    let archive = Archive::new(dir.clone());
+    let recovered = recover(&archive, &db, &node).await?;
+    if recovered > 0 {
+        tracing::warn!(recovered, "recordings left in progress by the previous run were finished as interrupted");
+    }
+
+    // Media.
+    let pool = UdpPortPool::new(cfg.media.bind, cfg.media.port_min, cfg.media.port_max, cfg.media.recv_buffer_bytes);
+    let pending = pool.pending();
+    let (notice_tx, notice_rx) = mpsc::unbounded_channel();
+    let (persist_tx, persist_rx) = mpsc::unbounded_channel::<PersistJob>();
+    let mut ecfg = EngineConfig::new(dir.spool_dir());
+    ecfg.shards = cfg.media.threads.max(1);
+    ecfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs.max(1));
+    ecfg.playout_delay = Duration::from_millis(cfg.media.playout_delay_ms);
+    ecfg.sync_interval = if cfg.media.sync_interval_ms == 0 {
+        Duration::from_secs(86_400 * 365)
+    } else {
+        Duration::from_millis(cfg.media.sync_interval_ms)
+    };
+    let engine_persist = persist_tx.clone();
+    let engine = MediaEngine::start(
+        ecfg,
+        pending,
+        Arc::new(move |e| match e {
+            EngineEvent::Notice(n) => {
+                let _ = notice_tx.send(n);
+            }
+            EngineEvent::Closed { meta, error, .. } => {
+                let _ = engine_persist.send(PersistJob::Closed { meta, error });
+            }
+        }),
+    )?;
+
+    // SIP transports.
+    let (inbox_tx, inbox_rx) = mpsc::channel(8192);
+    let udp = match cfg.sip.udp.as_str() {
+        "" => None,
+        a => Some(Arc::new(UdpSocket::bind(a).await.with_context(|| format!("binding SIP UDP {a}"))?)),
+    };
+    let tcp = match cfg.sip.tcp.as_str() {
+        "" => None,
+        a => Some(TcpListener::bind(a).await.with_context(|| format!("binding SIP TCP {a}"))?),
+    };
+    let udp_addr = udp.as_ref().map(|s| s.local_addr()).transpose()?;
+    let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+    let transports = Transports::new(udp.clone(), inbox_tx, cfg.sip.max_message_bytes);
+    if let Some(sock) = udp.clone() {
+        tokio::spawn(transports.clone().run_udp(sock));
+    }
+    if let Some(l) = tcp {
+        tokio::spawn(transports.clone().run_tcp(l));
+    }
+
+    // The recorder core.
+    let mut rcfg = RecorderConfig::new(node.clone());
+    rcfg.allowed_sources = cfg.sip.allowed_sources.to_vec();
+    rcfg.max_calls = cfg.sip.max_calls;
+    rcfg.advertised_ip = cfg.sip.advertised_address;
+    rcfg.fallback_ip = fallback_ip(&cfg);
+    rcfg.sip_udp = udp_addr;
+    rcfg.sip_tcp = tcp_addr;
+    rcfg.retry_after_secs = cfg.sip.retry_after_secs;
+    rcfg.min_session_expires = cfg.sip.min_session_expires_secs;
+    rcfg.timers = TimerConfig { t1: Duration::from_millis(cfg.sip.t1_ms.max(1)), ..TimerConfig::default() };
+    rcfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs);
+    let recorder = Recorder::new(rcfg, Box::new(pool));
+    let (admin_tx, admin_rx) = mpsc::channel(256);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let core = CoreTask {
+        recorder,
+        engine,
+        transports,
+        inbox: inbox_rx,
+        notices: notice_rx,
+        admin: admin_rx,
+        persist: persist_tx,
+        shutdown: shutdown_rx,
+    };
+    let core_handle = tokio::spawn(core.run());
+    let persist_handle = tokio::spawn(persist::run(persist_rx, archive, db.clone()));
+
+    // Storage health.
+    {
+        let admin = admin_tx.clone();
+        let dir = dir.clone();
+        let min_free = cfg.storage.min_free_mib;
+        let every = Duration::from_secs(cfg.storage.probe_interval_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                let d = dir.clone();
+                let result = tokio::task::spawn_blocking(move || probe_storage(&d, min_free)).await;
+                let (ok, reason) = match result {
+                    Ok(Ok(())) => (true, String::new()),
+                    Ok(Err(r)) => (false, r),
+                    Err(e) => (false, e.to_string()),
+                };
+                if admin.send(AdminCmd::SetStorage { ok, reason }).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    // HTTP.
+    let mut http_addr = None;
+    if !cfg.http.listen.is_empty() {
+        let listener =
+            TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
+        http_addr = Some(listener.local_addr()?);
+        let app = http::router(http::AppState {
+            admin: admin_tx.clone(),
+            db: db.clone(),
+            dir: dir.clone(),
+            node_id: node.0.clone(),
+        });
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+
+    let listen = json!({
+        "node": node.0,
+        "pid": std::process::id(),
+        "sip_udp": udp_addr.map(|a| a.to_string()),
+        "sip_tcp": tcp_addr.map(|a| a.to_string()),
+        "http": http_addr.map(|a| a.to_string()),
+    });
+    store::durable_write(&dir.root().join("listen.json"), listen.to_string().as_bytes())?;
+    tracing::info!(sip_udp = ?udp_addr, sip_tcp = ?tcp_addr, http = ?http_addr, "ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = core_handle.await;
+    drop(admin_tx);
+    let _ = persist_handle.await;
+    db.close().await;
+    let _ = std::fs::remove_file(dir.root().join("listen.json"));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Reads the addresses a running server wrote into its data directory.
+pub fn read_listen(data_dir: &std::path::Path) -> Option<serde_json::Value> {
+    let p: PathBuf = data_dir.join("listen.json");
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
