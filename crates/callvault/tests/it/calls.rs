@@ -1,0 +1,207 @@
+//! Real calls from `callvault call` into `callvault serve`, checked down to
+//! which signal landed on which channel.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::harness::{call, temp_dir, Node};
+
+fn call_id(summary: &Value, i: usize) -> String {
+    summary["calls"][0]["call_ids"][i].as_str().unwrap().to_owned()
+}
+
+fn established(summary: &Value) {
+    assert_eq!(summary["established"], summary["attempted"], "calls failed: {summary:#}");
+}
+
+/// |actual - expected| within one 20 ms packet plus signalling slack.
+fn assert_duration(rec: &Value, expected_ms: u64) {
+    let d = rec["duration_ms"].as_u64().unwrap();
+    assert!(d.abs_diff(expected_ms) <= 40, "duration {d} ms, expected {expected_ms} ± 40");
+    assert_eq!(rec["audio"]["duration_ms"], rec["duration_ms"]);
+}
+
+#[test]
+fn siprec_call_is_one_stereo_recording_with_participants() {
+    let node = Node::start("siprec");
+    let s = call(node.sip_udp, &["--mode", "siprec", "--duration", "3", "--tone-a", "440", "--tone-b", "1000"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    assert_eq!(rec["state"], "completed");
+    assert_eq!(rec["source"], "siprec");
+    assert_duration(&rec, 3000);
+    assert_eq!(rec["audio"]["channels"], 2);
+    assert_eq!(rec["caller"], "+15550100");
+    assert_eq!(rec["callee"], "+15550199");
+    let parts = rec["participants"].as_array().unwrap();
+    let alice = parts.iter().find(|p| p["name"] == "Alice Caller").unwrap();
+    let bob = parts.iter().find(|p| p["name"] == "Bob Callee").unwrap();
+    assert_eq!((alice["channel"].as_u64(), bob["channel"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(rec["streams"][0]["label"], "1");
+    assert!(rec["streams"][0]["stats"]["packets"].as_u64().unwrap() >= 148);
+    assert_eq!(rec["streams"][0]["stats"]["lost"], 0);
+    assert!(rec["siprec"]["participants"].as_array().unwrap().len() == 2);
+    assert_eq!(rec["node_id"].as_str().unwrap().len(), "node-00000000".len());
+    let history: Vec<&str> = rec["state_history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    assert_eq!(history, vec!["active", "completed"]);
+
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 440.0, 1000.0, 200, 2800);
+    wav.assert_tone(1, 1000.0, 440.0, 200, 2800);
+
+    // Download over HTTP: same bytes as the checksum says, and seekable.
+    let url = node.url(&format!("/api/recordings/{}/audio", rec["id"].as_str().unwrap()));
+    let mut resp = ureq::get(&url).call().unwrap();
+    assert_eq!(resp.headers().get("content-type").unwrap(), "audio/wav");
+    let body = resp.body_mut().with_config().limit(50 << 20).read_to_vec().unwrap();
+    let path = temp_dir("dl").join("a.wav");
+    std::fs::write(&path, &body).unwrap();
+    assert_eq!(store::sha256_file(&path).unwrap().0, rec["audio"]["sha256"].as_str().unwrap());
+    let resp = ureq::get(&url).header("Range", "bytes=44-1043").call().unwrap();
+    assert_eq!(resp.status().as_u16(), 206);
+    assert_eq!(resp.headers().get("content-length").unwrap(), "1000");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+
+    let (code, detail) = node.get(&format!("/api/recordings/{}", rec["id"].as_str().unwrap()));
+    assert_eq!(code, 200);
+    assert_eq!(detail["id"], rec["id"]);
+    assert!(node.metric("callvault_rtp_packets_total") >= 296.0);
+    assert_eq!(node.metric("callvault_recordings_ended_total{state=\"completed\"}"), 1.0);
+}
+
+#[test]
+fn forked_legs_are_one_recording_near_end_left() {
+    let node = Node::start("forked");
+    let s = call(node.sip_udp, &["--mode", "forked", "--duration", "3", "--tone-a", "600", "--tone-b", "1400"]);
+    established(&s);
+    assert_eq!(s["calls"][0]["call_ids"].as_array().unwrap().len(), 2);
+    let rec = node.finished(&call_id(&s, 0));
+    assert_eq!(rec["source"], "forked");
+    assert_eq!(rec["call_ids"].as_array().unwrap().len(), 2, "both legs in one recording");
+    assert_eq!(node.recordings("").len(), 1, "one call, one recording");
+    assert_eq!(rec["caller"], "+15550100");
+    assert_eq!(rec["callee"], "+15550199");
+    let roles: Vec<&str> = rec["participants"].as_array().unwrap().iter().map(|p| p["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, vec!["near-end", "far-end"]);
+    assert_duration(&rec, 3000);
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 600.0, 1400.0, 300, 2800);
+    wav.assert_tone(1, 1400.0, 600.0, 300, 2800);
+}
+
+#[test]
+fn plain_call_over_tcp_and_mono_call() {
+    let node = Node::start("plain");
+    let s = call(node.sip_tcp, &["--mode", "plain", "--transport", "tcp", "--duration", "2", "--codec", "pcma"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    assert_eq!(rec["source"], "plain");
+    assert!(rec["source_addr"].as_str().unwrap().starts_with("tcp:"));
+    assert_eq!(rec["streams"][0]["codecs"][0], "PCMA");
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 440.0, 1000.0, 200, 1800);
+    wav.assert_tone(1, 1000.0, 440.0, 200, 1800);
+
+    // One media line: a mono recording.
+    let s = call(node.sip_udp, &["--mode", "plain", "--streams", "1", "--duration", "1"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    assert_eq!(rec["audio"]["channels"], 1);
+    // Delayed offer on a plain INVITE: the offer is in our 200, the answer in the ACK.
+    let s = call(node.sip_udp, &["--mode", "plain", "--delayed-offer", "--duration", "1"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    node.audio(&rec).assert_tone(0, 440.0, 1000.0, 200, 900);
+}
+
+/// A WAV of silence with 200 ms beeps at the given times.
+fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
+    let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut w = hound::WavWriter::create(path, spec).unwrap();
+    let n = (seconds * 8000.0) as usize;
+    for i in 0..n {
+        let ms = i as u64 / 8;
+        let on = at_ms.iter().any(|&a| ms >= a && ms < a + 200);
+        let v = if on { (12000.0 * (2.0 * std::f64::consts::PI * freq * i as f64 / 8000.0).sin()) as i16 } else { 0 };
+        w.write_sample(v).unwrap();
+    }
+    w.finalize().unwrap();
+}
+
+/// First sample index (ms) where the channel's 40 ms energy passes a threshold, after `from_ms`.
+fn onset(ch: &[i16], from_ms: u64) -> Option<u64> {
+    let start = (from_ms * 8) as usize;
+    (start..ch.len().saturating_sub(320)).step_by(8).find(|&i| media::signal::rms(&ch[i..i + 320]) > 2000.0).map(|i| i as u64 / 8)
+}
+
+#[test]
+fn channels_stay_aligned_under_packet_loss() {
+    let node = Node::start("loss");
+    let dir = temp_dir("beeps");
+    let (a, b) = (dir.join("a.wav"), dir.join("b.wav"));
+    // A beeps at 1.0, 2.0, 3.0 s; B 500 ms after each.
+    beeps(&a, 5.0, 700.0, &[1000, 2000, 3000]);
+    beeps(&b, 5.0, 1300.0, &[1500, 2500, 3500]);
+    let s = call(
+        node.sip_udp,
+        &["--duration", "4.5", "--loss", "0.1", "--wav-a", a.to_str().unwrap(), "--wav-b", b.to_str().unwrap()],
+    );
+    established(&s);
+    assert!(s["calls"][0]["packets_dropped"].as_u64().unwrap() > 20, "loss injected: {s:#}");
+    let rec = node.finished(&call_id(&s, 0));
+    assert!(rec["streams"][0]["stats"]["lost"].as_u64().unwrap() > 5, "receiver saw the loss");
+    assert_duration(&rec, 4500);
+    let wav = node.audio(&rec);
+    let mut offsets = Vec::new();
+    for k in 0..3u64 {
+        let ta = onset(&wav.channels[0], 900 + 1000 * k).expect("beep on A");
+        let tb = onset(&wav.channels[1], ta + 100).expect("beep on B");
+        offsets.push(tb as i64 - ta as i64);
+        // Each beep is where the sender put it relative to the others.
+        if k > 0 {
+            let prev = onset(&wav.channels[0], 900 + 1000 * (k - 1)).unwrap();
+            assert!((ta as i64 - prev as i64 - 1000).abs() <= 25, "A beeps drift: {prev} -> {ta}");
+        }
+    }
+    for o in &offsets {
+        assert!((o - 500).abs() <= 25, "B must trail A by 500 ms ± 25: {offsets:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn dtmf_is_recorded_as_events() {
+    let node = Node::start("dtmf");
+    let s = call(node.sip_udp, &["--duration", "3", "--dtmf", "1*9#", "--dtmf-at", "0.5"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    let digits: String = rec["dtmf"].as_array().unwrap().iter().map(|d| d["digit"].as_str().unwrap()).collect();
+    assert_eq!(digits, "1*9#");
+    let first = &rec["dtmf"][0];
+    assert!((480..=560).contains(&first["at_ms"].as_u64().unwrap()), "{first}");
+    assert_eq!(first["duration_ms"], 100);
+    assert_eq!(first["channel"], 0);
+}
+
+#[test]
+fn many_concurrent_calls_and_tcp_connection_per_call() {
+    let node = Node::start("many");
+    let s = call(
+        node.sip_tcp,
+        &["--transport", "tcp", "--calls", "20", "--concurrency", "10", "--rate", "50", "--duration", "1"],
+    );
+    established(&s);
+    assert_eq!(s["attempted"], 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let done = node.recordings("?state=completed&limit=100").len();
+        if done == 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{done} of 20 finished");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(node.metric("callvault_invites_accepted_total"), 20.0);
+    assert_eq!(node.metric("callvault_active_recordings"), 0.0);
+}

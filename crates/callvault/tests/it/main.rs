@@ -1,0 +1,5 @@
+//! callvault integration tests: real processes, real sockets, loopback only.
+//! One test binary (cf. ripgrep) so the suite links once.
+
+mod calls;
+mod harness;
