@@ -2,4 +2,5 @@
 //! One test binary (cf. ripgrep) so the suite links once.
 
 mod calls;
+mod failures;
 mod harness;

@@ -1,0 +1,180 @@
+//! What happens when things go wrong: a killed server, silent media, an
+//! administrator ending a call, refusals, drain mode.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::{call, call_bg, finish_bg, Node, BIN};
+
+fn wait_active(node: &Node, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, v) = node.get("/api/recordings/active");
+        assert_eq!(code, 200);
+        let recs = v["recordings"].as_array().unwrap().clone();
+        if recs.len() >= n {
+            return recs;
+        }
+        assert!(Instant::now() < deadline, "only {} active", recs.len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_mid_call_keeps_the_audio_and_restart_marks_it_interrupted() {
+    let mut node = Node::start("kill9");
+    let client = call_bg(node.sip_udp, &["--duration", "6", "--tone-a", "440", "--tone-b", "1000"]);
+    let active = wait_active(&node, 1);
+    let id = active[0]["id"].as_str().unwrap().to_owned();
+    // Let 3 s of audio flow, then pull the plug.
+    std::thread::sleep(Duration::from_millis(3000));
+    let killed_at = Instant::now();
+    node.kill9();
+    let sent_before_kill_ms = 3000;
+    // The spool holds the audio written so far, as a WAV that is already playable.
+    let spooled = node.dir.join("spool").join(format!("{id}.wav"));
+    assert!(spooled.exists(), "audio spooled during the call");
+    let summary = finish_bg(client);
+    assert_eq!(summary["established"], 1);
+
+    let node = node.restart();
+    assert!(killed_at.elapsed() > Duration::from_millis(100));
+    let (code, rec) = node.get(&format!("/api/recordings/{id}"));
+    assert_eq!(code, 200, "{rec}");
+    assert_eq!(rec["state"], "interrupted");
+    assert!(rec["state_history"].as_array().unwrap().last().unwrap()["reason"].as_str().unwrap().contains("restarted"));
+    let d = rec["duration_ms"].as_u64().unwrap();
+    eprintln!("kill -9 after {sent_before_kill_ms} ms of media: {d} ms kept");
+    assert!(d + 1000 >= sent_before_kill_ms && d <= sent_before_kill_ms + 600, "kept {d} ms of ~{sent_before_kill_ms} ms sent");
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 440.0, 1000.0, 200, d - 100);
+    wav.assert_tone(1, 1000.0, 440.0, 200, d - 100);
+    assert!(node.recordings("?state=active").is_empty(), "nothing stays active after a restart");
+    assert!(!spooled.exists());
+    assert!(node.log().contains("finishing recording left by the previous run"));
+}
+
+#[test]
+fn silent_media_ends_the_call_after_the_timeout() {
+    let node = Node::start_with("quiet", &[("CALLVAULT_MEDIA__MEDIA_TIMEOUT_SECS", "1")]);
+    // Every packet dropped: the recorder hears nothing.
+    let t0 = Instant::now();
+    let s = call(node.sip_udp, &["--duration", "20", "--loss", "1.0"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "the recorder hung up well before the 20 s call ended");
+    assert_eq!(s["calls"][0]["ended_by_recorder"], true, "{s:#}");
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "completed");
+    assert_eq!(rec["state_history"][1]["reason"], "media timeout");
+    assert_eq!(node.metric("callvault_sip_byes_sent_total"), 1.0);
+}
+
+#[test]
+fn administrator_completes_a_call_online_and_offline() {
+    let mut node = Node::start("admin");
+    // Online: the running node sends BYE.
+    let client = call_bg(node.sip_udp, &["--duration", "30"]);
+    let id = wait_active(&node, 1)[0]["id"].as_str().unwrap().to_owned();
+    let out = std::process::Command::new(BIN).args(["complete", &id, "--data-dir"]).arg(&node.dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary = finish_bg(client);
+    assert_eq!(summary["calls"][0]["ended_by_recorder"], true);
+    let rec = node.finished(summary["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state_history"][1]["reason"], "completed by administrator");
+    let (code, _) = node.post(&format!("/api/recordings/{id}/complete"), None);
+    assert_eq!(code, 404, "no longer active");
+
+    // Offline: the node died; the administrator completes before restarting it.
+    let client = call_bg(node.sip_udp, &["--duration", "4"]);
+    let id = wait_active(&node, 1)[0]["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.kill9();
+    let out = std::process::Command::new(BIN).args(["complete", &id, "--data-dir"]).arg(&node.dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = std::process::Command::new(BIN).args(["complete", &id, "--data-dir"]).arg(&node.dir).output().unwrap();
+    assert!(!again.status.success(), "completing twice is refused");
+    finish_bg(client);
+    let node = node.restart();
+    let (_, rec) = node.get(&format!("/api/recordings/{id}"));
+    assert_eq!(rec["state"], "completed");
+    assert!(rec["state_history"][1]["reason"].as_str().unwrap().contains("administrator"));
+    assert!(rec["duration_ms"].as_u64().unwrap() >= 1000, "audio up to the crash kept");
+}
+
+#[test]
+fn refusals_use_the_right_codes_and_drain_mode_finishes_calls() {
+    let node = Node::start_with("refuse", &[("CALLVAULT_SIP__MAX_CALLS", "1")]);
+    let long = call_bg(node.sip_udp, &["--duration", "4"]);
+    wait_active(&node, 1);
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["failed"], 1);
+    assert_eq!(s["calls"][0]["status"], 503);
+    assert_eq!(s["calls"][0]["reason"], "Call limit reached");
+    assert_eq!(node.metric("callvault_invites_rejected_total{code=\"503\"}"), 1.0);
+
+    // Drain: new calls refused, the call in progress finishes normally.
+    let (code, _) = node.post("/api/drain", Some(json!({ "draining": true })));
+    assert_eq!(code, 200);
+    let (code, ready) = node.get("/health/ready");
+    assert_eq!(code, 503);
+    assert_eq!(ready["reason"], "Draining");
+    let (code, _) = node.get("/health/live");
+    assert_eq!(code, 200);
+    let first = finish_bg(long);
+    assert_eq!(first["established"], 1);
+    let rec = node.finished(first["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "completed");
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!((s["calls"][0]["status"].as_u64(), s["calls"][0]["reason"].as_str()), (Some(503), Some("Draining")));
+    node.post("/api/drain", Some(json!({ "draining": false })));
+    let (code, _) = node.get("/health/ready");
+    assert_eq!(code, 200);
+
+    // A source outside the allow-list gets 403 (no failover), not 503.
+    let strict = Node::start_with("allow", &[("CALLVAULT_SIP__ALLOWED_SOURCES", "[10.0.0.0/8]")]);
+    let s = call(strict.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["calls"][0]["status"], 403);
+    assert_eq!(s["calls"][0]["reason"], "Source not allowed");
+}
+
+#[test]
+fn graceful_stop_interrupts_calls_and_loses_nothing() {
+    let mut node = Node::start("sigterm");
+    let client = call_bg(node.sip_udp, &["--duration", "20"]);
+    let id = wait_active(&node, 1)[0]["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1500));
+    node.stop();
+    let summary = finish_bg(client);
+    assert_eq!(summary["calls"][0]["ended_by_recorder"], true, "the source got a BYE");
+    let node = node.restart();
+    let (_, rec) = node.get(&format!("/api/recordings/{id}"));
+    assert_eq!(rec["state"], "interrupted");
+    assert_eq!(rec["state_history"][1]["reason"], "node shutdown");
+    let d = rec["duration_ms"].as_u64().unwrap();
+    assert!((1400..=2500).contains(&d), "all audio up to the stop is kept: {d} ms");
+    assert!(node.log().lines().all(|l| !l.contains("finishing recording left by the previous run")), "nothing left to recover");
+}
+
+#[test]
+fn cli_lists_shows_and_exports_recordings() {
+    let node = Node::start("cli");
+    let s = call(node.sip_udp, &["--duration", "1", "--caller", "+4420794600", "--callee", "+3314000000"]);
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    let id = rec["id"].as_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).arg("--data-dir").arg(&node.dir).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&["recordings", "list"]);
+    assert!(table.contains(id) && table.contains("+4420794600 -> +3314000000"), "{table}");
+    let json_lines = run(&["recordings", "list", "--json", "--party", "44207"]);
+    assert_eq!(json_lines.lines().count(), 1);
+    assert!(run(&["recordings", "list", "--json", "--party", "nobody"]).is_empty());
+    let shown: Value = serde_json::from_str(&run(&["recordings", "show", id])).unwrap();
+    assert_eq!(shown["id"], id);
+    let out = node.dir.join("export.wav");
+    run(&["recordings", "export", id, "--out", out.to_str().unwrap(), "--metadata"]);
+    assert_eq!(store::sha256_file(&out).unwrap().0, rec["audio"]["sha256"].as_str().unwrap());
+    assert!(out.with_extension("json").exists());
+}
