@@ -1,6 +1,7 @@
 //! callvault integration tests: real processes, real sockets, loopback only.
 //! One test binary (cf. ripgrep) so the suite links once.
 
+mod bad_input;
 mod calls;
 mod failures;
 mod harness;

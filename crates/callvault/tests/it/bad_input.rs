@@ -1,0 +1,233 @@
+//! Bad input over real sockets: the node answers with the right code or
+//! ignores, never dies, and a call in progress keeps recording.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use sip_proto::{parse, Message, Response};
+
+use crate::harness::{call_bg, finish_bg, Node};
+
+fn invite(call_id: &str, extra: &str, ct: Option<&str>, body: &str) -> String {
+    let ct = ct.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
+    format!(
+        "INVITE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bK{call_id}\r\n\
+         From: <sip:src@127.0.0.1>;tag=f{call_id}\r\nTo: <sip:srs@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n\
+         Max-Forwards: 70\r\nContact: <sip:src@127.0.0.1:9>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na=sendonly\r\n";
+
+/// Sends one datagram and collects the responses that come back.
+fn exchange(sock: &UdpSocket, to: SocketAddr, data: &[u8]) -> Vec<Response> {
+    sock.send_to(data, to).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(400);
+    let mut buf = vec![0u8; 65_535];
+    while Instant::now() < deadline {
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok(Message::Response(r)) = parse(&buf[..n]) {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+fn final_code(rs: &[Response]) -> Option<(u16, String)> {
+    rs.iter().find(|r| r.status.is_final()).map(|r| (r.status.as_u16(), r.reason.clone()))
+}
+
+fn bye_for(ok: &Response, call_id: &str) -> String {
+    let to = ok.headers.get("To").unwrap();
+    format!(
+        "BYE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;rport;branch=z9hG4bKbye{call_id}\r\n\
+         From: <sip:src@127.0.0.1>;tag=f{call_id}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+#[test]
+fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
+    let node = Node::start("badsip");
+    let live = call_bg(node.sip_udp, &["--duration", "4", "--tone-a", "440", "--tone-b", "1000"]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = node.sip_udp;
+
+    // Garbage is ignored (nothing to answer), and counted.
+    assert!(exchange(&sock, to, b"\x00\xff\x13garbage\r\n\r\n").is_empty());
+    assert!(exchange(&sock, to, b"").is_empty());
+    let missing = invite("m1", "", Some("application/sdp"), SDP).replace("Call-ID: m1\r\n", "");
+    assert_eq!(final_code(&exchange(&sock, to, missing.as_bytes())), Some((400, "Missing Call-ID".into())));
+    let truncated = invite("t1", "", Some("application/sdp"), SDP).replace(&format!("Content-Length: {}", SDP.len()), "Content-Length: 900");
+    let (code, reason) = final_code(&exchange(&sock, to, truncated.as_bytes())).unwrap();
+    assert_eq!(code, 400);
+    assert!(reason.contains("Content-Length"), "{reason}");
+    let v3 = invite("v1", "", Some("application/sdp"), SDP).replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia");
+    assert_eq!(final_code(&exchange(&sock, to, v3.as_bytes())).map(|c| c.0), Some(505));
+    let broken_mp = invite("b1", "", Some("multipart/mixed;boundary=nope"), "--other\r\n\r\nv=0\r\n--other--\r\n");
+    let (code, reason) = final_code(&exchange(&sock, to, broken_mp.as_bytes())).unwrap();
+    assert_eq!(code, 400);
+    assert!(reason.starts_with("Malformed multipart"), "{reason}");
+    let bad_xml = format!(
+        "--b\r\nContent-Type: application/sdp\r\n\r\n{SDP}\r\n--b\r\nContent-Type: application/rs-metadata+xml\r\n\r\n<recording><participant id='x'>\r\n--b--\r\n"
+    );
+    let (code, reason) = final_code(&exchange(&sock, to, invite("x1", "", Some("multipart/mixed;boundary=b"), &bad_xml).as_bytes())).unwrap();
+    assert_eq!(code, 400);
+    assert!(reason.starts_with("Malformed recording metadata"), "{reason}");
+    let dtd = "<?xml version='1.0'?><!DOCTYPE r [<!ENTITY a 'aaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]><recording>&b;</recording>";
+    let bomb = format!("--b\r\nContent-Type: application/sdp\r\n\r\n{SDP}\r\n--b\r\nContent-Type: application/rs-metadata+xml\r\n\r\n{dtd}\r\n--b--\r\n");
+    assert_eq!(final_code(&exchange(&sock, to, invite("x2", "", Some("multipart/mixed;boundary=b"), &bomb).as_bytes())).map(|c| c.0), Some(400));
+    let bad_sdp = invite("s1", "", Some("application/sdp"), "v=0\r\nthis is not sdp\r\n");
+    assert_eq!(final_code(&exchange(&sock, to, bad_sdp.as_bytes())).map(|c| c.0), Some(400));
+    let html = invite("h1", "", Some("text/html"), "<p>");
+    assert_eq!(final_code(&exchange(&sock, to, html.as_bytes())).map(|c| c.0), Some(415));
+    let g729 = invite("g1", "", Some("application/sdp"), &SDP.replace("RTP/AVP 0", "RTP/AVP 18"));
+    assert_eq!(final_code(&exchange(&sock, to, g729.as_bytes())).map(|c| c.0), Some(488));
+    let srtp = invite("p1", "", Some("application/sdp"), &SDP.replace("RTP/AVP", "RTP/SAVP"));
+    assert_eq!(final_code(&exchange(&sock, to, srtp.as_bytes())).map(|c| c.0), Some(488));
+    let unknown = invite("u1", "", None, "").replace("INVITE sip", "FROB sip").replace("1 INVITE", "1 FROB");
+    assert_eq!(final_code(&exchange(&sock, to, unknown.as_bytes())).map(|c| c.0), Some(501));
+    let bye = invite("n1", "", None, "").replace("INVITE sip", "BYE sip").replace("1 INVITE", "1 BYE").replace("To: <sip:srs@127.0.0.1>", "To: <sip:srs@127.0.0.1>;tag=nope");
+    assert_eq!(final_code(&exchange(&sock, to, bye.as_bytes())).map(|c| c.0), Some(481));
+    let cancel = invite("c1", "", None, "").replace("INVITE sip", "CANCEL sip").replace("1 INVITE", "1 CANCEL");
+    assert_eq!(final_code(&exchange(&sock, to, cancel.as_bytes())).map(|c| c.0), Some(481));
+    let options = invite("o1", "", None, "").replace("INVITE sip", "OPTIONS sip").replace("1 INVITE", "1 OPTIONS");
+    let rs = exchange(&sock, to, options.as_bytes());
+    let ok = rs.iter().find(|r| r.status.as_u16() == 200).expect("OPTIONS answered");
+    assert!(ok.headers.has_token("Supported", "siprec"));
+
+    // Random bytes by the thousand: never fatal.
+    for i in 0..2000u32 {
+        let mut junk: Vec<u8> = (0..fastrand::usize(1..1400)).map(|_| fastrand::u8(..)).collect();
+        if i % 3 == 0 {
+            junk.splice(0..0, b"INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKj\r\n".iter().copied());
+        }
+        sock.send_to(&junk, to).unwrap();
+    }
+    let summary = finish_bg(live);
+    assert_eq!(summary["established"], 1);
+    let rec = node.finished(summary["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "completed");
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 440.0, 1000.0, 200, 3800);
+    wav.assert_tone(1, 1000.0, 440.0, 200, 3800);
+    assert!(node.metric("callvault_sip_malformed_total") >= 2.0);
+    assert!(node.metric("callvault_sip_responses_total{code=\"400\"}") >= 5.0);
+}
+
+#[test]
+fn large_udp_invite_is_accepted_and_oversized_tcp_gets_513() {
+    let node = Node::start("large");
+    // 40 KB of vendor extension data: bigger than any MTU, so it travels as IP fragments.
+    let ext: String = (0..1000).map(|i| format!("<apkt:item n=\"{i}\">value {i}</apkt:item>")).collect();
+    let md = format!(
+        "<?xml version='1.0'?><recording xmlns='urn:ietf:params:xml:ns:recording:1'><datamode>complete</datamode>\
+         <session session_id='s'><extensiondata xmlns:apkt='http://acmepacket.com/siprec/extensiondata'>{ext}</extensiondata></session>\
+         <participant participant_id='p'><nameID aor='sip:+1555@x'><name>Big</name></nameID></participant>\
+         <stream stream_id='st' session_id='s'><label>1</label></stream>\
+         <participantstreamassoc participant_id='p'><send>st</send></participantstreamassoc></recording>"
+    );
+    let body = format!(
+        "--b\r\nContent-Type: application/sdp\r\n\r\n{}a=label:1\r\n\r\n--b\r\nContent-Type: application/rs-metadata+xml\r\n\r\n{md}\r\n--b--\r\n",
+        SDP
+    );
+    let msg = invite("big1", "Require: siprec\r\n", Some("multipart/mixed;boundary=b"), &body);
+    assert!(msg.len() > 40_000);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rs = exchange(&sock, node.sip_udp, msg.as_bytes());
+    let ok = rs.iter().find(|r| r.status.is_final()).expect("answered");
+    assert_eq!(ok.status.as_u16(), 200, "{}", ok.reason);
+    let rs = exchange(&sock, node.sip_udp, bye_for(ok, "big1").as_bytes());
+    assert_eq!(final_code(&rs).map(|c| c.0), Some(200));
+    let rec = node.finished("big1");
+    assert!(rec["siprec"]["extensions"][0]["xml"].as_str().unwrap().len() > 30_000, "extension kept verbatim");
+    assert_eq!(rec["participants"][0]["name"], "Big");
+
+    // Over TCP a message beyond the limit is refused with 513 and the connection closed.
+    let mut tcp = TcpStream::connect(node.sip_tcp).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = invite("huge", "", Some("application/sdp"), "").replace("Content-Length: 0", "Content-Length: 200000").replace("UDP", "TCP");
+    tcp.write_all(head.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = tcp.read_to_end(&mut got);
+    let resp = match parse(&got) {
+        Ok(Message::Response(r)) => r,
+        other => panic!("expected a response, got {other:?} from {:?}", String::from_utf8_lossy(&got)),
+    };
+    assert_eq!(resp.status.as_u16(), 513);
+
+    // TCP framing is by Content-Length: two messages in one write, one split across writes.
+    let mut tcp = TcpStream::connect(node.sip_tcp).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let opt = |n: u32| {
+        invite(&format!("tcpo{n}"), "", None, "").replace("INVITE sip", "OPTIONS sip").replace("1 INVITE", "1 OPTIONS").replace("UDP", "TCP")
+    };
+    tcp.write_all(format!("{}{}", opt(1), opt(2)).as_bytes()).unwrap();
+    let third = opt(3);
+    tcp.write_all(&third.as_bytes()[..30]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    tcp.write_all(&third.as_bytes()[30..]).unwrap();
+    tcp.write_all(b"\r\n\r\n").unwrap(); // keep-alive ping
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = tcp.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert_eq!(text.matches("SIP/2.0 200 OK").count(), 3, "{text}");
+    assert!(text.ends_with("\r\n\r\n\r\n") || text.contains("tcpo3"), "pong or last answer present");
+}
+
+#[test]
+fn garbage_rtp_and_floods_do_not_disturb_recording() {
+    let node = Node::start("badrtp");
+    let live = call_bg(node.sip_udp, &["--duration", "4", "--tone-a", "500", "--tone-b", "1500"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ports: Vec<u64> = loop {
+        let (_, v) = node.get("/api/recordings/active");
+        if let Some(r) = v["recordings"].as_array().and_then(|a| a.first()) {
+            break r["streams"].as_array().unwrap().iter().map(|s| s["local_port"].as_u64().unwrap()).collect();
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp_hdr = |pt: u8| -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 1, 0, 0, 0, 1, 0, 0, 0, 9];
+        p.extend_from_slice(&[0xff; 160]);
+        p
+    };
+    for i in 0..3000u32 {
+        let port = ports[(i as usize) % ports.len()] as u16;
+        let dest = SocketAddr::from(([127, 0, 0, 1], port));
+        match i % 5 {
+            0 => sock.send_to(b"garbage", dest).unwrap(),
+            1 => sock.send_to(&rtp_hdr(0), dest).unwrap(), // a second source: must not latch
+            2 => sock.send_to(&rtp_hdr(99), dest).unwrap(), // payload type never offered
+            3 => sock.send_to(&[0x80], dest).unwrap(),
+            _ => sock.send_to(&rtp_hdr(0), SocketAddr::from(([127, 0, 0, 1], port + 1))).unwrap(), // RTCP port
+        };
+        // And ports nobody listens on.
+        let _ = sock.send_to(b"stray", SocketAddr::from(([127, 0, 0, 1], port + 20)));
+    }
+    let summary = finish_bg(live);
+    assert_eq!(summary["established"], 1);
+    let rec = node.finished(summary["calls"][0]["call_ids"][0].as_str().unwrap());
+    let wav = node.audio(&rec);
+    wav.assert_tone(0, 500.0, 1500.0, 200, 3800);
+    wav.assert_tone(1, 1500.0, 500.0, 200, 3800);
+    let stats = &rec["streams"][0]["stats"];
+    assert!(stats["foreign"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["malformed"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["unknown_payload"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(stats["lost"], 0, "the real stream lost nothing: {stats}");
+    assert!(node.metric("callvault_rtp_malformed_packets_total") > 0.0);
+}
