@@ -19,7 +19,8 @@ fn invite(call_id: &str, extra: &str, ct: Option<&str>, body: &str) -> String {
     )
 }
 
-const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na=sendonly\r\n";
+const SDP: &str =
+    "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\na=sendonly\r\n";
 
 /// Sends one datagram and collects the responses that come back.
 fn exchange(sock: &UdpSocket, to: SocketAddr, data: &[u8]) -> Vec<Response> {
@@ -62,7 +63,8 @@ fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
     assert!(exchange(&sock, to, b"").is_empty());
     let missing = invite("m1", "", Some("application/sdp"), SDP).replace("Call-ID: m1\r\n", "");
     assert_eq!(final_code(&exchange(&sock, to, missing.as_bytes())), Some((400, "Missing Call-ID".into())));
-    let truncated = invite("t1", "", Some("application/sdp"), SDP).replace(&format!("Content-Length: {}", SDP.len()), "Content-Length: 900");
+    let truncated = invite("t1", "", Some("application/sdp"), SDP)
+        .replace(&format!("Content-Length: {}", SDP.len()), "Content-Length: 900");
     let (code, reason) = final_code(&exchange(&sock, to, truncated.as_bytes())).unwrap();
     assert_eq!(code, 400);
     assert!(reason.contains("Content-Length"), "{reason}");
@@ -75,12 +77,18 @@ fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
     let bad_xml = format!(
         "--b\r\nContent-Type: application/sdp\r\n\r\n{SDP}\r\n--b\r\nContent-Type: application/rs-metadata+xml\r\n\r\n<recording><participant id='x'>\r\n--b--\r\n"
     );
-    let (code, reason) = final_code(&exchange(&sock, to, invite("x1", "", Some("multipart/mixed;boundary=b"), &bad_xml).as_bytes())).unwrap();
+    let (code, reason) =
+        final_code(&exchange(&sock, to, invite("x1", "", Some("multipart/mixed;boundary=b"), &bad_xml).as_bytes()))
+            .unwrap();
     assert_eq!(code, 400);
     assert!(reason.starts_with("Malformed recording metadata"), "{reason}");
     let dtd = "<?xml version='1.0'?><!DOCTYPE r [<!ENTITY a 'aaaaaaaa'><!ENTITY b '&a;&a;&a;&a;'>]><recording>&b;</recording>";
     let bomb = format!("--b\r\nContent-Type: application/sdp\r\n\r\n{SDP}\r\n--b\r\nContent-Type: application/rs-metadata+xml\r\n\r\n{dtd}\r\n--b--\r\n");
-    assert_eq!(final_code(&exchange(&sock, to, invite("x2", "", Some("multipart/mixed;boundary=b"), &bomb).as_bytes())).map(|c| c.0), Some(400));
+    assert_eq!(
+        final_code(&exchange(&sock, to, invite("x2", "", Some("multipart/mixed;boundary=b"), &bomb).as_bytes()))
+            .map(|c| c.0),
+        Some(400)
+    );
     let bad_sdp = invite("s1", "", Some("application/sdp"), "v=0\r\nthis is not sdp\r\n");
     assert_eq!(final_code(&exchange(&sock, to, bad_sdp.as_bytes())).map(|c| c.0), Some(400));
     let html = invite("h1", "", Some("text/html"), "<p>");
@@ -91,7 +99,10 @@ fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
     assert_eq!(final_code(&exchange(&sock, to, srtp.as_bytes())).map(|c| c.0), Some(488));
     let unknown = invite("u1", "", None, "").replace("INVITE sip", "FROB sip").replace("1 INVITE", "1 FROB");
     assert_eq!(final_code(&exchange(&sock, to, unknown.as_bytes())).map(|c| c.0), Some(501));
-    let bye = invite("n1", "", None, "").replace("INVITE sip", "BYE sip").replace("1 INVITE", "1 BYE").replace("To: <sip:srs@127.0.0.1>", "To: <sip:srs@127.0.0.1>;tag=nope");
+    let bye = invite("n1", "", None, "")
+        .replace("INVITE sip", "BYE sip")
+        .replace("1 INVITE", "1 BYE")
+        .replace("To: <sip:srs@127.0.0.1>", "To: <sip:srs@127.0.0.1>;tag=nope");
     assert_eq!(final_code(&exchange(&sock, to, bye.as_bytes())).map(|c| c.0), Some(481));
     let cancel = invite("c1", "", None, "").replace("INVITE sip", "CANCEL sip").replace("1 INVITE", "1 CANCEL");
     assert_eq!(final_code(&exchange(&sock, to, cancel.as_bytes())).map(|c| c.0), Some(481));
@@ -150,7 +161,9 @@ fn large_udp_invite_is_accepted_and_oversized_tcp_gets_513() {
     // Over TCP a message beyond the limit is refused with 513 and the connection closed.
     let mut tcp = TcpStream::connect(node.sip_tcp).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let head = invite("huge", "", Some("application/sdp"), "").replace("Content-Length: 0", "Content-Length: 200000").replace("UDP", "TCP");
+    let head = invite("huge", "", Some("application/sdp"), "")
+        .replace("Content-Length: 0", "Content-Length: 200000")
+        .replace("UDP", "TCP");
     tcp.write_all(head.as_bytes()).unwrap();
     let mut got = Vec::new();
     let _ = tcp.read_to_end(&mut got);
@@ -164,7 +177,10 @@ fn large_udp_invite_is_accepted_and_oversized_tcp_gets_513() {
     let mut tcp = TcpStream::connect(node.sip_tcp).unwrap();
     tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let opt = |n: u32| {
-        invite(&format!("tcpo{n}"), "", None, "").replace("INVITE sip", "OPTIONS sip").replace("1 INVITE", "1 OPTIONS").replace("UDP", "TCP")
+        invite(&format!("tcpo{n}"), "", None, "")
+            .replace("INVITE sip", "OPTIONS sip")
+            .replace("1 INVITE", "1 OPTIONS")
+            .replace("UDP", "TCP")
     };
     tcp.write_all(format!("{}{}", opt(1), opt(2)).as_bytes()).unwrap();
     let third = opt(3);

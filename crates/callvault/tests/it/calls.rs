@@ -43,7 +43,8 @@ fn siprec_call_is_one_stereo_recording_with_participants() {
     assert_eq!(rec["streams"][0]["stats"]["lost"], 0);
     assert!(rec["siprec"]["participants"].as_array().unwrap().len() == 2);
     assert_eq!(rec["node_id"].as_str().unwrap().len(), "node-00000000".len());
-    let history: Vec<&str> = rec["state_history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    let history: Vec<&str> =
+        rec["state_history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
     assert_eq!(history, vec!["active", "completed"]);
 
     let wav = node.audio(&rec);
@@ -82,7 +83,8 @@ fn forked_legs_are_one_recording_near_end_left() {
     assert_eq!(node.recordings("").len(), 1, "one call, one recording");
     assert_eq!(rec["caller"], "+15550100");
     assert_eq!(rec["callee"], "+15550199");
-    let roles: Vec<&str> = rec["participants"].as_array().unwrap().iter().map(|p| p["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> =
+        rec["participants"].as_array().unwrap().iter().map(|p| p["role"].as_str().unwrap()).collect();
     assert_eq!(roles, vec!["near-end", "far-end"]);
     assert_duration(&rec, 3000);
     let wav = node.audio(&rec);
@@ -117,7 +119,8 @@ fn plain_call_over_tcp_and_mono_call() {
 
 /// A WAV of silence with 200 ms beeps at the given times.
 fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
-    let spec = hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
     let n = (seconds * 8000.0) as usize;
     for i in 0..n {
@@ -132,7 +135,10 @@ fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
 /// First sample index (ms) where the channel's 40 ms energy passes a threshold, after `from_ms`.
 fn onset(ch: &[i16], from_ms: u64) -> Option<u64> {
     let start = (from_ms * 8) as usize;
-    (start..ch.len().saturating_sub(320)).step_by(8).find(|&i| media::signal::rms(&ch[i..i + 320]) > 2000.0).map(|i| i as u64 / 8)
+    (start..ch.len().saturating_sub(320))
+        .step_by(8)
+        .find(|&i| media::signal::rms(&ch[i..i + 320]) > 2000.0)
+        .map(|i| i as u64 / 8)
 }
 
 #[test]

@@ -46,7 +46,10 @@ fn kill_9_mid_call_keeps_the_audio_and_restart_marks_it_interrupted() {
     assert!(rec["state_history"].as_array().unwrap().last().unwrap()["reason"].as_str().unwrap().contains("restarted"));
     let d = rec["duration_ms"].as_u64().unwrap();
     eprintln!("kill -9 after {sent_before_kill_ms} ms of media: {d} ms kept");
-    assert!(d + 1000 >= sent_before_kill_ms && d <= sent_before_kill_ms + 600, "kept {d} ms of ~{sent_before_kill_ms} ms sent");
+    assert!(
+        d + 1000 >= sent_before_kill_ms && d <= sent_before_kill_ms + 600,
+        "kept {d} ms of ~{sent_before_kill_ms} ms sent"
+    );
     let wav = node.audio(&rec);
     wav.assert_tone(0, 440.0, 1000.0, 200, d - 100);
     wav.assert_tone(1, 1000.0, 440.0, 200, d - 100);
@@ -152,7 +155,10 @@ fn graceful_stop_interrupts_calls_and_loses_nothing() {
     assert_eq!(rec["state_history"][1]["reason"], "node shutdown");
     let d = rec["duration_ms"].as_u64().unwrap();
     assert!((1400..=2500).contains(&d), "all audio up to the stop is kept: {d} ms");
-    assert!(node.log().lines().all(|l| !l.contains("finishing recording left by the previous run")), "nothing left to recover");
+    assert!(
+        node.log().lines().all(|l| !l.contains("finishing recording left by the previous run")),
+        "nothing left to recover"
+    );
 }
 
 #[test]

@@ -86,10 +86,6 @@ impl Node {
         Node::spawn(dir, env, ports)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     /// `kill -9`: no cleanup at all.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -113,10 +109,6 @@ impl Node {
             let _ = c.wait();
             panic!("node did not stop on SIGTERM; log:\n{}", read_log(&self.dir));
         }
-    }
-
-    pub fn alive(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log(&self) -> String {
@@ -202,8 +194,9 @@ pub fn http_json(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
 pub fn call(target: SocketAddr, args: &[&str]) -> Value {
     let out = Command::new(BIN).arg("call").arg(target.to_string()).args(args).arg("--json").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("client output is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 /// Starts `callvault call` in the background.
@@ -222,8 +215,9 @@ pub fn call_bg(target: SocketAddr, args: &[&str]) -> Child {
 pub fn finish_bg(child: Child) -> Value {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("client output is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("client output is not JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+    })
 }
 
 /// A recorded WAV split into channels.
@@ -240,10 +234,6 @@ impl Wav {
         let all: Vec<i16> = r.into_samples::<i16>().map(Result::unwrap).collect();
         let channels = (0..n).map(|c| all.iter().skip(c).step_by(n).copied().collect()).collect();
         Wav { rate: spec.sample_rate, channels }
-    }
-
-    pub fn duration_ms(&self) -> u64 {
-        self.channels[0].len() as u64 * 1000 / self.rate as u64
     }
 
     pub fn slice(&self, ch: usize, from_ms: u64, to_ms: u64) -> &[i16] {

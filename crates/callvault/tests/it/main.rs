@@ -5,3 +5,4 @@ mod bad_input;
 mod calls;
 mod failures;
 mod harness;
+mod sipp;
