@@ -83,7 +83,7 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
             label: None,
             codecs: vec![(0, Codec::Pcmu), (8, Codec::Pcma)],
             telephone_event: Some(101),
-            comfort_noise: None,
+            comfort_noise: Some(13),
             remote: None,
             rtcp_mux: false,
             held: false,
@@ -122,6 +122,11 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
             }
         }
         tb.fill(&mut pcm);
+        if n == 10 {
+            // Comfort noise (RFC 3389) before B's talk spurt, with the sequence
+            // number just before it (as a DTX sender does): accepted, silent.
+            sender.send_to(&rtp(24, 90_000 + 10 * 160, 0xb, 13, &[40]), dest_b).unwrap();
+        }
         if n >= 25 && n % 7 != 0 {
             Codec::Pcma.encode(&pcm, &mut enc);
             sender.send_to(&rtp(n as u16, 90_000 + n * 160, 0xb, 8, &enc), dest_b).unwrap();
@@ -151,7 +156,8 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
     let mut meta = *closed.expect("recording closed");
     assert_eq!(meta.streams[0].stats.packets, 77, "70 audio + 7 DTMF: {:?}", meta.streams[0].stats);
     assert_eq!(meta.streams[0].stats.lost, 0);
-    assert_eq!((meta.streams[1].stats.expected, meta.streams[1].stats.lost), (50, 7), "every 7th lost");
+    assert_eq!(meta.streams[1].stats.unknown_payload, 0, "comfort noise is a known payload");
+    assert_eq!((meta.streams[1].stats.expected, meta.streams[1].stats.lost), (51, 7), "CN + 50 audio, every 7th lost");
     assert_eq!(meta.dtmf.len(), 1);
     assert_eq!(meta.dtmf[0].digit, '7');
     assert!((700..=940).contains(&meta.dtmf[0].at_ms), "DTMF at {} ms", meta.dtmf[0].at_ms);

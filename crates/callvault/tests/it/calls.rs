@@ -41,6 +41,9 @@ fn siprec_call_is_one_stereo_recording_with_participants() {
     assert_eq!(rec["streams"][0]["label"], "1");
     assert!(rec["streams"][0]["stats"]["packets"].as_u64().unwrap() >= 148);
     assert_eq!(rec["streams"][0]["stats"]["lost"], 0);
+    // The client sends an RTCP sender report 2 s into each stream.
+    assert!(rec["streams"][0]["stats"]["rtcp_packets"].as_u64().unwrap() >= 1, "{}", rec["streams"][0]);
+    assert!(rec["streams"][0]["stats"]["sender_reported_packets"].as_u64().unwrap() >= 90);
     assert!(rec["siprec"]["participants"].as_array().unwrap().len() == 2);
     assert_eq!(rec["node_id"].as_str().unwrap().len(), "node-00000000".len());
     let history: Vec<&str> =
@@ -110,6 +113,14 @@ fn plain_call_over_tcp_and_mono_call() {
     established(&s);
     let rec = node.finished(&call_id(&s, 0));
     assert_eq!(rec["audio"]["channels"], 1);
+    // Three media lines (a conference): a three-channel recording.
+    let s = call(node.sip_udp, &["--mode", "plain", "--streams", "3", "--duration", "1"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    assert_eq!(rec["audio"]["channels"], 3);
+    let wav = node.audio(&rec);
+    assert_eq!(wav.channels.len(), 3);
+    wav.assert_tone(2, 440.0, 1000.0, 200, 900);
     // Delayed offer on a plain INVITE: the offer is in our 200, the answer in the ACK.
     let s = call(node.sip_udp, &["--mode", "plain", "--delayed-offer", "--duration", "1"]);
     established(&s);
