@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (README "Run the tests"): installs what the
-# tests need, then runs format, lint and the whole test suite.
-# Idempotent: a second run installs nothing.
+# tests need, then runs format, lint, the whole test suite and a bounded
+# fuzzing pass. Idempotent: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +13,6 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== fuzz (bounded)"
+bash scripts/fuzz.sh
+echo "== all checks passed"
