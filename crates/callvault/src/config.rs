@@ -47,6 +47,9 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// SO_RCVBUF of the SIP UDP socket, bytes: absorbs INVITE bursts (a
+    /// platform failing over sends hundreds at once). Capped by net.core.rmem_max.
+    pub udp_recv_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,6 +124,7 @@ impl Default for SipConfig {
             min_session_expires_secs: 90,
             max_message_bytes: 65_535,
             t1_ms: 500,
+            udp_recv_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -103,6 +103,15 @@ fn fallback_ip(cfg: &Config) -> IpAddr {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    // A file-size limit must make writes fail (EFBIG, handled like a full
+    // disk), not kill the recorder: listening for SIGXFSZ replaces its
+    // default action (terminate).
+    let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::error!("file size limit reached (SIGXFSZ); the write fails and the recording is marked failed");
+        }
+    });
     let dir = DataDir::open(&cfg.data_dir).with_context(|| format!("data directory {}", cfg.data_dir.display()))?;
     let _lock =
         dir.try_lock()?.with_context(|| format!("another callvault is already serving {}", cfg.data_dir.display()))?;
@@ -147,7 +156,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let (inbox_tx, inbox_rx) = mpsc::channel(8192);
     let udp = match cfg.sip.udp.as_str() {
         "" => None,
-        a => Some(Arc::new(UdpSocket::bind(a).await.with_context(|| format!("binding SIP UDP {a}"))?)),
+        a => Some(Arc::new(
+            bind_sip_udp(a, cfg.sip.udp_recv_buffer_bytes).with_context(|| format!("binding SIP UDP {a}"))?,
+        )),
     };
     let tcp = match cfg.sip.tcp.as_str() {
         "" => None,
@@ -253,6 +264,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dir.root().join("listen.json"));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The SIP UDP socket, with a receive buffer sized for INVITE bursts.
+fn bind_sip_udp(addr: &str, recv_buffer: usize) -> anyhow::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr: SocketAddr = addr.parse()?;
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if recv_buffer > 0 {
+        s.set_recv_buffer_size(recv_buffer)?;
+    }
+    s.set_send_buffer_size(1024 * 1024)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(s.into())?)
 }
 
 async fn wait_for_signal() {

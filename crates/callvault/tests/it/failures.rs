@@ -184,3 +184,48 @@ fn cli_lists_shows_and_exports_recordings() {
     assert_eq!(store::sha256_file(&out).unwrap().0, rec["audio"]["sha256"].as_str().unwrap());
     assert!(out.with_extension("json").exists());
 }
+
+#[test]
+fn audio_write_failure_fails_the_recording_keeps_its_audio_and_refuses_new_calls() {
+    // Files may not grow past 200 kB: a stereo 8 kHz call hits that after ~6 s.
+    // The write fails with EFBIG, which takes the same path as a full disk.
+    let mut node = Node::start_wrapped(
+        "efbig",
+        &[("CALLVAULT_STORAGE__PROBE_INTERVAL_SECS", "3600")],
+        &["prlimit", "--fsize=200000", "--"],
+    );
+    let s = call(node.sip_udp, &["--duration", "12"]);
+    assert_eq!(s["calls"][0]["ended_by_recorder"], true, "the recorder hung up: {s:#}");
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "failed");
+    let reason = rec["state_history"][1]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("storage failure"), "{reason}");
+    let d = rec["duration_ms"].as_u64().unwrap();
+    assert!((5000..=6300).contains(&d), "audio written before the failure is kept: {d} ms");
+    assert!(node.alive(), "a write failure must not kill the recorder");
+    // Storage is now known bad: new calls go elsewhere (503), readiness says why.
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(
+        (s["calls"][0]["status"].as_u64(), s["calls"][0]["reason"].as_str()),
+        (Some(503), Some("Storage unavailable"))
+    );
+    let (code, ready) = node.get("/health/ready");
+    assert_eq!((code, ready["reason"].as_str()), (503, Some("Storage unavailable")));
+    assert_eq!(node.metric("callvault_storage_ok"), 0.0);
+}
+
+#[test]
+fn too_little_free_space_refuses_calls_before_they_start() {
+    let node = Node::start_with("nospace", &[("CALLVAULT_STORAGE__MIN_FREE_MIB", "999999999")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("callvault_storage_ok") != 0.0 {
+        assert!(Instant::now() < deadline, "probe did not flag the disk");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["calls"][0]["status"], 503);
+    let (_, status) = node.get("/api/status");
+    assert!(status["storage_reason"].as_str().unwrap().contains("MiB free"), "{status}");
+    let (code, _) = node.get("/health/live");
+    assert_eq!(code, 200);
+}

@@ -25,6 +25,7 @@ pub struct Node {
     pub http: SocketAddr,
     env: Vec<(String, String)>,
     ports: (u16, u16),
+    wrapper: Vec<String>,
 }
 
 impl Node {
@@ -33,16 +34,28 @@ impl Node {
     }
 
     pub fn start_with(name: &str, env: &[(&str, &str)]) -> Node {
+        Node::start_wrapped(name, env, &[])
+    }
+
+    /// Runs the server under `wrapper` (e.g. `prlimit --fsize=N --`).
+    pub fn start_wrapped(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Node {
         let dir = temp_dir(name);
         let block = 20_000 + 100 * fastrand::u16(0..95);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Node::spawn(dir, env, (block, block + 99))
+        Node::spawn(dir, env, (block, block + 99), wrapper.iter().map(|s| s.to_string()).collect())
     }
 
-    fn spawn(dir: PathBuf, env: Vec<(String, String)>, ports: (u16, u16)) -> Node {
+    fn spawn(dir: PathBuf, env: Vec<(String, String)>, ports: (u16, u16), wrapper: Vec<String>) -> Node {
         let _ = std::fs::remove_file(dir.join("listen.json"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(["serve", "--data-dir"])
             .arg(&dir)
             .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "127.0.0.1:0", "--http", "127.0.0.1:0"])
@@ -75,6 +88,7 @@ impl Node {
             dir,
             env,
             ports,
+            wrapper,
         }
     }
 
@@ -82,8 +96,9 @@ impl Node {
     pub fn restart(mut self) -> Node {
         self.stop();
         let (dir, env, ports) = (std::mem::take(&mut self.dir), std::mem::take(&mut self.env), self.ports);
+        let wrapper = std::mem::take(&mut self.wrapper);
         std::mem::forget(self);
-        Node::spawn(dir, env, ports)
+        Node::spawn(dir, env, ports, wrapper)
     }
 
     /// `kill -9`: no cleanup at all.
@@ -109,6 +124,10 @@ impl Node {
             let _ = c.wait();
             panic!("node did not stop on SIGTERM; log:\n{}", read_log(&self.dir));
         }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log(&self) -> String {
