@@ -14,31 +14,13 @@ use store::{Archive, DataDir};
 use time::OffsetDateTime;
 
 fn meta(id: RecordingId, now: OffsetDateTime, ports: &[u16]) -> RecordingMeta {
-    RecordingMeta {
-        id,
-        node_id: NodeId("t".into()),
-        source: SourceKind::Plain,
-        state: RecordingState::Active,
-        state_history: vec![],
-        started_at: now,
-        ended_at: None,
-        duration_ms: 0,
-        direction: None,
-        caller: None,
-        callee: None,
-        call_ids: vec![],
-        source_addr: String::new(),
-        user_agent: None,
-        participants: vec![],
-        streams: ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| StreamRecord { channel: i as u8, local_port: *p, ..Default::default() })
-            .collect(),
-        dtmf: vec![],
-        siprec: None,
-        audio: None,
-    }
+    let mut m = RecordingMeta::start(id, NodeId("t".into()), SourceKind::Plain, now, String::new(), "test");
+    m.streams = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| StreamRecord { channel: i as u8, local_port: *p, ..Default::default() })
+        .collect();
+    m
 }
 
 fn rtp(seq: u16, ts: u32, ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {

@@ -234,6 +234,41 @@ pub struct RecordingMeta {
 }
 
 impl RecordingMeta {
+    /// A new, active recording with nothing known yet but where it came
+    /// from; its first state change says why it started.
+    pub fn start(
+        id: RecordingId,
+        node_id: NodeId,
+        source: SourceKind,
+        started_at: OffsetDateTime,
+        source_addr: String,
+        reason: impl Into<String>,
+    ) -> RecordingMeta {
+        let mut meta = RecordingMeta {
+            id,
+            node_id,
+            source,
+            state: RecordingState::Active,
+            state_history: Vec::new(),
+            started_at,
+            ended_at: None,
+            duration_ms: 0,
+            direction: None,
+            caller: None,
+            callee: None,
+            call_ids: Vec::new(),
+            source_addr,
+            user_agent: None,
+            participants: Vec::new(),
+            streams: Vec::new(),
+            dtmf: Vec::new(),
+            siprec: None,
+            audio: None,
+        };
+        meta.transition(RecordingState::Active, started_at, reason);
+        meta
+    }
+
     /// Moves to `state`, recording when and why.
     pub fn transition(&mut self, state: RecordingState, at: OffsetDateTime, reason: impl Into<String>) {
         self.state = state;

@@ -101,6 +101,15 @@ struct Leg {
     session_deadline: Option<Instant>,
 }
 
+impl Leg {
+    /// Any in-dialog request from the source counts as an RFC 4028 refresh.
+    fn refresh_session(&mut self, now: Now) {
+        if let Some(i) = self.session_interval {
+            self.session_deadline = Some(now.mono + i);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Rec {
     meta: RecordingMeta,
@@ -539,28 +548,15 @@ impl Recorder {
             Some(id) => id,
             None => {
                 let id = RecordingId::new(now.wall);
-                let mut meta = RecordingMeta {
+                let mut meta = RecordingMeta::start(
                     id,
-                    node_id: self.cfg.node_id.clone(),
-                    source: kind,
-                    state: RecordingState::Active,
-                    state_history: Vec::new(),
-                    started_at: now.wall,
-                    ended_at: None,
-                    duration_ms: 0,
-                    direction: None,
-                    caller: None,
-                    callee: None,
-                    call_ids: Vec::new(),
-                    source_addr: format!("{}:{}", peer.transport.as_str().to_ascii_lowercase(), peer.addr),
-                    user_agent: req.headers.get("User-Agent").map(str::to_owned),
-                    participants: Vec::new(),
-                    streams: Vec::new(),
-                    dtmf: Vec::new(),
-                    siprec: None,
-                    audio: None,
-                };
-                meta.transition(RecordingState::Active, now.wall, format!("{} INVITE accepted", kind_name(kind)));
+                    self.cfg.node_id.clone(),
+                    kind,
+                    now.wall,
+                    format!("{}:{}", peer.transport.as_str().to_ascii_lowercase(), peer.addr),
+                    format!("{} INVITE accepted", kind_name(kind)),
+                );
+                meta.user_agent = req.headers.get("User-Agent").map(str::to_owned);
                 self.recordings.insert(
                     id,
                     Rec {
@@ -754,12 +750,7 @@ impl Recorder {
 
     fn on_in_dialog_offer(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials) {
         let Some(key) = self.find_leg(&e.call_id, e.to.tag()) else {
-            return self.reject(
-                now,
-                tx,
-                &req,
-                SipError::new(StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist"),
-            );
+            return self.reject(now, tx, &req, no_dialog());
         };
         {
             let leg = self.legs.get_mut(&key).expect("found");
@@ -772,9 +763,7 @@ impl Recorder {
                 );
             }
             leg.remote_cseq = leg.remote_cseq.max(e.cseq.seq);
-            if let Some(i) = leg.session_interval {
-                leg.session_deadline = Some(now.mono + i);
-            }
+            leg.refresh_session(now);
         }
         let (_, md, sd) = match Self::parse_body(&req) {
             Ok(parts) => parts,
@@ -1006,12 +995,7 @@ impl Recorder {
 
     fn on_bye(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials) {
         let Some(key) = self.find_leg(&e.call_id, e.to.tag()) else {
-            return self.reject(
-                now,
-                tx,
-                &req,
-                SipError::new(StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist"),
-            );
+            return self.reject(now, tx, &req, no_dialog());
         };
         self.reply(now, tx, &req, StatusCode::OK, "OK", None);
         self.end_leg(now, &key, false, RecordingState::Completed, "BYE from recording source");
@@ -1019,17 +1003,10 @@ impl Recorder {
 
     fn on_info(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials) {
         let Some(key) = self.find_leg(&e.call_id, e.to.tag()) else {
-            return self.reject(
-                now,
-                tx,
-                &req,
-                SipError::new(StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist"),
-            );
+            return self.reject(now, tx, &req, no_dialog());
         };
         if let Some(leg) = self.legs.get_mut(&key) {
-            if let Some(i) = leg.session_interval {
-                leg.session_deadline = Some(now.mono + i);
-            }
+            leg.refresh_session(now);
         }
         if req.content_type().is_some_and(|t| t.is("application/dtmf-relay")) {
             if let Some((digit, duration_ms)) = parse_dtmf_relay(&req.body) {
@@ -1123,6 +1100,11 @@ impl Recorder {
             self.counters.byes_sent += 1;
         }
     }
+}
+
+/// 481 for an in-dialog request whose dialog we do not know.
+fn no_dialog() -> SipError {
+    SipError::new(StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist")
 }
 
 fn kind_name(kind: SourceKind) -> &'static str {

@@ -177,29 +177,14 @@ impl Archive {
 fn orphan_meta(id: RecordingId, node: &NodeId, wav: &std::path::Path, now: OffsetDateTime) -> RecordingMeta {
     let started_at =
         fs::metadata(wav).and_then(|m| m.created().or_else(|_| m.modified())).map(OffsetDateTime::from).unwrap_or(now);
-    let mut meta = RecordingMeta {
+    RecordingMeta::start(
         id,
-        node_id: node.clone(),
-        source: SourceKind::Plain,
-        state: RecordingState::Active,
-        state_history: Vec::new(),
+        node.clone(),
+        SourceKind::Plain,
         started_at,
-        ended_at: None,
-        duration_ms: 0,
-        direction: None,
-        caller: None,
-        callee: None,
-        call_ids: Vec::new(),
-        source_addr: String::new(),
-        user_agent: None,
-        participants: Vec::new(),
-        streams: Vec::new(),
-        dtmf: Vec::new(),
-        siprec: None,
-        audio: None,
-    };
-    meta.transition(RecordingState::Active, started_at, "metadata lost; rebuilt from spooled audio");
-    meta
+        String::new(),
+        "metadata lost; rebuilt from spooled audio",
+    )
 }
 
 /// SHA-256 (lowercase hex) and size of a file.

@@ -17,32 +17,20 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 fn meta(started: OffsetDateTime, caller: &str) -> RecordingMeta {
-    let mut m = RecordingMeta {
-        id: RecordingId::new(started),
-        node_id: NodeId("n1".into()),
-        source: SourceKind::Siprec,
-        state: RecordingState::Active,
-        state_history: vec![],
-        started_at: started,
-        ended_at: None,
-        duration_ms: 0,
-        direction: Some("inbound".into()),
-        caller: Some(caller.into()),
-        callee: Some("+15550199".into()),
-        call_ids: vec!["c1".into()],
-        source_addr: "udp:127.0.0.1:5070".into(),
-        user_agent: None,
-        participants: vec![Participant {
-            name: Some("Alice Agent".into()),
-            number: Some(caller.into()),
-            ..Default::default()
-        }],
-        streams: vec![],
-        dtmf: vec![],
-        siprec: None,
-        audio: None,
-    };
-    m.transition(RecordingState::Active, started, "INVITE accepted");
+    let mut m = RecordingMeta::start(
+        RecordingId::new(started),
+        NodeId("n1".into()),
+        SourceKind::Siprec,
+        started,
+        "udp:127.0.0.1:5070".into(),
+        "INVITE accepted",
+    );
+    m.direction = Some("inbound".into());
+    m.caller = Some(caller.into());
+    m.callee = Some("+15550199".into());
+    m.call_ids = vec!["c1".into()];
+    m.participants =
+        vec![Participant { name: Some("Alice Agent".into()), number: Some(caller.into()), ..Default::default() }];
     m
 }
 
