@@ -34,7 +34,6 @@ pub struct StreamStats {
     /// Packets the sender says it sent (last RTCP SR), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_reported_packets: Option<u32>,
-    pub dtmf_events: u32,
 }
 
 impl StreamStats {
