@@ -633,7 +633,7 @@ impl Recorder {
                 rec.meta.streams.push(StreamRecord {
                     label: ls.spec.label.clone(),
                     channel: ls.spec.channel,
-                    codecs: ls.spec.codecs.iter().map(|(_, c)| c.name().to_owned()).collect(),
+                    codecs: ls.spec.codec_names(),
                     local_port: ls.port.rtp,
                     remote: ls.spec.remote.map(|a| a.to_string()),
                     sender: None,
@@ -720,11 +720,7 @@ impl Recorder {
             port,
             channel,
             label: s.label.clone(),
-            codecs: s
-                .codecs
-                .iter()
-                .filter_map(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).map(|c| (m.pt, c)))
-                .collect(),
+            codecs: codec_map(&s.codecs),
             telephone_event: s.telephone_event.as_ref().map(|t| t.pt),
             comfort_noise: s.comfort_noise,
             remote: s.remote,
@@ -863,11 +859,7 @@ impl Recorder {
                     let leg = self.legs.get_mut(key).expect("exists");
                     let ls = &mut leg.streams[pos];
                     let mut spec = ls.spec.clone();
-                    spec.codecs = n
-                        .codecs
-                        .iter()
-                        .filter_map(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).map(|c| (m.pt, c)))
-                        .collect();
+                    spec.codecs = codec_map(&n.codecs);
                     spec.telephone_event = n.telephone_event.as_ref().map(|t| t.pt);
                     spec.comfort_noise = n.comfort_noise;
                     spec.remote = n.remote.or(spec.remote);
@@ -909,7 +901,7 @@ impl Recorder {
                 rec.meta.streams.push(StreamRecord {
                     label,
                     channel,
-                    codecs: spec.codecs.iter().map(|(_, c)| c.name().to_owned()).collect(),
+                    codecs: spec.codec_names(),
                     local_port: port.rtp,
                     remote: spec.remote.map(|a| a.to_string()),
                     sender: None,
@@ -950,11 +942,7 @@ impl Recorder {
         for (i, ls) in leg.streams.iter_mut().enumerate() {
             let Some(a) = answer.streams.get(i) else { continue };
             let mut spec = ls.spec.clone();
-            let codecs: Vec<(u8, Codec)> = a
-                .rtpmaps
-                .iter()
-                .filter_map(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).map(|c| (m.pt, c)))
-                .collect();
+            let codecs = codec_map(&a.rtpmaps);
             if !codecs.is_empty() {
                 spec.codecs = codecs;
             }
@@ -972,7 +960,7 @@ impl Recorder {
         if let Some(rec) = self.recordings.get_mut(&recording) {
             for u in &updates {
                 if let Some(sr) = rec.meta.streams.iter_mut().find(|s| s.local_port == u.port.rtp) {
-                    sr.codecs = u.codecs.iter().map(|(_, c)| c.name().to_owned()).collect();
+                    sr.codecs = u.codec_names();
                     sr.remote = u.remote.map(|a| a.to_string());
                 }
             }
@@ -1100,6 +1088,11 @@ impl Recorder {
             self.counters.byes_sent += 1;
         }
     }
+}
+
+/// The decodable codecs of an SDP codec list, by payload type.
+fn codec_map(maps: &[RtpMap]) -> Vec<(u8, Codec)> {
+    maps.iter().filter_map(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).map(|c| (m.pt, c))).collect()
 }
 
 /// 481 for an in-dialog request whose dialog we do not know.

@@ -32,6 +32,11 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
+    /// Codec names, preferred first (for the recording's metadata).
+    pub fn codec_names(&self) -> Vec<String> {
+        self.codecs.iter().map(|(_, c)| c.name().to_owned()).collect()
+    }
+
     /// Every payload type the stream may carry.
     pub fn payload_types(&self) -> Vec<u8> {
         let mut pts: Vec<u8> = self.codecs.iter().map(|(pt, _)| *pt).collect();
