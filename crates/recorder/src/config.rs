@@ -31,6 +31,9 @@ pub struct RecorderConfig {
     /// A leg that never sent its ACK, or a stream with no packets for this
     /// long, ends the recording (the media engine enforces the latter).
     pub media_timeout: Duration,
+    /// An INVITE whose recording metadata is not on disk after this long
+    /// is refused with 503 (storage too slow to promise a recording).
+    pub save_timeout: Duration,
 }
 
 impl RecorderConfig {
@@ -48,6 +51,7 @@ impl RecorderConfig {
             timers: TimerConfig::default(),
             server_name: concat!("callvault/", env!("CARGO_PKG_VERSION")).to_owned(),
             media_timeout: Duration::from_secs(30),
+            save_timeout: Duration::from_secs(4),
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct Counters {
     pub recordings_ended: BTreeMap<&'static str, u64>,
     pub malformed_messages: u64,
     pub byes_sent: u64,
+    /// INVITEs the source cancelled before we answered.
+    pub invites_cancelled: u64,
 }
 
 type LegKey = (String, String);
@@ -99,6 +101,19 @@ struct Leg {
     /// RFC 4028 session expiry (the SRC refreshes; we only watch).
     session_interval: Option<Duration>,
     session_deadline: Option<Instant>,
+    /// The 200 OK waiting for the recording's metadata to reach disk.
+    pending_answer: Option<PendingAnswer>,
+}
+
+/// An accepted INVITE not yet answered: its 200 OK leaves once the
+/// recording save numbered `save_seq` is durable, so a node never
+/// acknowledges a call it could lose track of in a crash.
+#[derive(Debug)]
+struct PendingAnswer {
+    invite: Request,
+    ok: Response,
+    save_seq: u64,
+    deadline: Instant,
 }
 
 impl Leg {
@@ -119,6 +134,8 @@ struct Rec {
     siprec: Option<Metadata>,
     /// (label, channel) of accepted streams, for participant mapping.
     labels: Vec<(Option<String>, u8)>,
+    /// Number of the latest metadata save asked of the driver.
+    save_seq: u64,
 }
 
 /// The recording server's SIP transaction user. See the module docs.
@@ -223,11 +240,8 @@ impl Recorder {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.legs.values().filter_map(|l| l.session_deadline).min();
-        match (self.endpoint.poll_timeout(), sessions) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let legs = self.legs.values().flat_map(|l| [l.session_deadline, l.pending_answer.as_ref().map(|p| p.deadline)]);
+        self.endpoint.poll_timeout().into_iter().chain(legs.flatten()).min()
     }
 
     /// A SIP message arrived from `peer`.
@@ -252,6 +266,44 @@ impl Recorder {
             .collect();
         for key in expired {
             self.end_leg(now, &key, true, RecordingState::Completed, "session timer expired");
+        }
+        let unsaved: Vec<LegKey> = self
+            .legs
+            .iter()
+            .filter(|(_, l)| l.pending_answer.as_ref().is_some_and(|p| p.deadline <= now.mono))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in unsaved {
+            let reason = format!("recording metadata not stored within {} ms", self.cfg.save_timeout.as_millis());
+            self.end_leg(now, &key, false, RecordingState::Failed, &reason);
+        }
+        self.pump(now);
+    }
+
+    /// The driver finished metadata save `seq` of recording `id` (see
+    /// [`Output::Recording`]). On success every INVITE waiting for that
+    /// save is answered 200; on failure they get 503 and their legs end.
+    pub fn saved(&mut self, now: Now, id: RecordingId, seq: u64, result: Result<(), String>) {
+        let Some(rec) = self.recordings.get(&id) else { return };
+        let waiting: Vec<LegKey> = rec
+            .legs
+            .iter()
+            .filter(|k| self.legs[*k].pending_answer.as_ref().is_some_and(|p| p.save_seq <= seq || result.is_err()))
+            .cloned()
+            .collect();
+        for key in waiting {
+            match &result {
+                Ok(()) => {
+                    let leg = self.legs.get_mut(&key).expect("listed");
+                    let (Some(p), Some(tx)) = (leg.pending_answer.take(), leg.invite_tx) else { continue };
+                    self.counters.invites_accepted += 1;
+                    self.endpoint.respond(now.mono, tx, p.ok);
+                }
+                Err(e) => {
+                    let reason = format!("recording metadata could not be stored: {e}");
+                    self.end_leg(now, &key, false, RecordingState::Failed, &reason);
+                }
+            }
         }
         self.pump(now);
     }
@@ -301,7 +353,7 @@ impl Recorder {
         match e {
             Event::Request { tx, request, essentials, peer } => self.on_request(now, tx, request, essentials, peer),
             Event::Ack { request, peer, .. } => self.on_ack(now, request, peer),
-            Event::Cancelled { .. } => {} // INVITEs are answered at once: nothing is ever pending
+            Event::Cancelled { invite_tx } => self.on_cancelled(now, invite_tx),
             Event::AckTimeout { tx, call_id } => self.on_ack_timeout(now, tx, &call_id),
             Event::Response { .. } | Event::RequestTimeout { .. } | Event::StrayResponse { .. } => {}
             Event::Malformed { .. } => self.counters.malformed_messages += 1,
@@ -566,6 +618,7 @@ impl Recorder {
                         fork_link: fork.as_ref().map(|f| f.link.clone()),
                         siprec: None,
                         labels: Vec::new(),
+                        save_seq: 0,
                     },
                 );
                 if let Some(f) = &fork {
@@ -650,9 +703,8 @@ impl Recorder {
             };
             apply_parties(&mut rec.meta, parties);
             rec.meta.siprec = rec.siprec.clone();
-            let event = if joins.is_some() { RecordingEvent::Updated } else { RecordingEvent::Started };
-            self.out.push_back(Output::Recording(event(Box::new(rec.meta.clone()))));
         }
+        let save_seq = self.save(recording, joins.is_none());
         for ls in &leg_streams {
             self.out.push_back(Output::Media(MediaCommand::AddStream(ls.spec.clone())));
         }
@@ -682,10 +734,11 @@ impl Recorder {
             role: fork.as_ref().map(|f| f.role),
             session_interval: interval.map(|s| Duration::from_secs(s as u64)),
             session_deadline,
+            pending_answer: None,
         };
         self.legs.insert(key.clone(), leg);
         self.legs_by_call.entry(e.call_id.clone()).or_default().push(local_tag.clone());
-        self.recordings.get_mut(&recording).expect("exists").legs.push(key);
+        self.recordings.get_mut(&recording).expect("exists").legs.push(key.clone());
 
         let mut resp = self.response(&req, StatusCode::OK, "OK", Some(&local_tag));
         resp.headers.push("Contact", self.contact(local_ip, peer.transport, siprec));
@@ -697,8 +750,36 @@ impl Recorder {
         }
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = body;
-        self.counters.invites_accepted += 1;
-        self.endpoint.respond(now.mono, tx, resp);
+        let deadline = now.mono + self.cfg.save_timeout;
+        self.legs.get_mut(&key).expect("inserted").pending_answer =
+            Some(PendingAnswer { invite: req, ok: resp, save_seq, deadline });
+    }
+
+    /// Asks the driver to store the recording's current metadata.
+    fn save(&mut self, id: RecordingId, started: bool) -> u64 {
+        let rec = self.recordings.get_mut(&id).expect("active recording");
+        rec.save_seq += 1;
+        let meta = Box::new(rec.meta.clone());
+        let event = if started { RecordingEvent::Started(meta) } else { RecordingEvent::Updated(meta) };
+        self.out.push_back(Output::Recording { event, seq: rec.save_seq });
+        rec.save_seq
+    }
+
+    /// The source cancelled an INVITE we had not answered yet (the
+    /// endpoint already sent 487): the leg goes, and with it a recording
+    /// that has no other leg.
+    fn on_cancelled(&mut self, now: Now, invite_tx: TxId) {
+        let key = self
+            .legs
+            .iter()
+            .find(|(_, l)| l.invite_tx == Some(invite_tx) && l.pending_answer.is_some())
+            .map(|(k, _)| k.clone());
+        let Some(key) = key else { return };
+        self.counters.invites_cancelled += 1;
+        if let Some(leg) = self.legs.get_mut(&key) {
+            leg.pending_answer = None;
+        }
+        self.end_leg(now, &key, false, RecordingState::Failed, "cancelled by the recording source before answer");
     }
 
     fn new_stream_id(&mut self) -> StreamId {
@@ -796,7 +877,7 @@ impl Recorder {
                 let parties = participants::from_metadata(rec.siprec.as_ref().expect("set"), &rec.labels);
                 apply_parties(&mut rec.meta, parties);
                 rec.meta.siprec = rec.siprec.clone();
-                self.out.push_back(Output::Recording(RecordingEvent::Updated(Box::new(rec.meta.clone()))));
+                self.save(recording, false);
             }
         }
 
@@ -1027,7 +1108,12 @@ impl Recorder {
             self.out.push_back(Output::Media(MediaCommand::RemoveStream { stream: s.id, recording: leg.recording }));
             self.ports.release(s.port);
         }
-        if send_bye {
+        if let (Some(p), Some(tx)) = (&leg.pending_answer, leg.invite_tx) {
+            // Never answered: refuse instead, so the source tries another recorder.
+            *self.counters.invites_rejected.entry(503).or_default() += 1;
+            let resp = self.response(&p.invite, StatusCode::SERVICE_UNAVAILABLE, "Recording Not Stored", None);
+            self.endpoint.respond(now.mono, tx, resp);
+        } else if send_bye {
             self.send_bye(now, &leg);
         }
         if let Some(rec) = self.recordings.get_mut(&leg.recording) {

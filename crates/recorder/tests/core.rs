@@ -20,6 +20,9 @@ struct Harness {
     rec: Recorder,
     now: Now,
     branch: u32,
+    /// Metadata saves not confirmed yet; `None` confirms them at once
+    /// (storage that is always fast), `Some` holds them for the test.
+    held_saves: Option<Vec<(model::RecordingId, u64)>>,
 }
 
 #[derive(Default)]
@@ -80,7 +83,7 @@ impl Harness {
 
     fn with(cfg: RecorderConfig, port_pairs: u16) -> Harness {
         let rec = Recorder::new(cfg, Box::new(BookkeepingAllocator::new(30000, port_pairs)));
-        Harness { rec, now: Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() }, branch: 0 }
+        Harness { rec, now: Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() }, branch: 0, held_saves: None }
     }
 
     fn drain(&mut self) -> Out {
@@ -92,7 +95,14 @@ impl Harness {
                     Message::Request(r) => out.requests.push(r),
                 },
                 Output::Media(m) => out.media.push(m),
-                Output::Recording(e) => out.events.push(e),
+                Output::Recording { event, seq } => {
+                    let id = event.meta().id;
+                    out.events.push(event);
+                    match &mut self.held_saves {
+                        Some(held) => held.push((id, seq)),
+                        None => self.rec.saved(self.now, id, seq, Ok(())),
+                    }
+                }
             }
         }
         out
@@ -566,4 +576,125 @@ fn shutdown_interrupts_every_recording() {
         .collect();
     assert_eq!(stops, vec![RecordingState::Interrupted, RecordingState::Interrupted]);
     assert_eq!(out.requests.len(), 2);
+}
+
+/// The CANCEL for `invite` (same branch, same CSeq number, no body).
+fn cancel_of(invite: &str) -> String {
+    let (head, _) = invite.split_once("\n\n").unwrap();
+    head.lines()
+        .map(|l| {
+            if l.starts_with("INVITE ") {
+                l.replacen("INVITE", "CANCEL", 1)
+            } else if l.starts_with("CSeq:") {
+                l.replace("INVITE", "CANCEL")
+            } else if l.starts_with("Content-Length:") {
+                "Content-Length: 0".to_owned()
+            } else if l.starts_with("Content-Type:") || l.starts_with("Require:") {
+                String::new()
+            } else {
+                l.to_owned()
+            }
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n\n"
+}
+
+fn acme_invite_text(h: &mut Harness, call_id: &str) -> String {
+    let body = fixture("acme-draft.body");
+    h.request(
+        "INVITE",
+        call_id,
+        1,
+        None,
+        "Require: siprec\n",
+        Some("multipart/mixed;boundary=unique-boundary-1"),
+        &body,
+    )
+}
+
+#[test]
+fn answer_waits_until_the_recording_is_stored() {
+    let mut h = Harness::new();
+    h.held_saves = Some(Vec::new());
+    let out = acme_invite(&mut h, "slow-disk");
+    assert_eq!(out.codes(), vec![100], "no 200 before the metadata is durable");
+    assert!(out.started().is_some());
+    let (id, seq) = h.held_saves.as_mut().unwrap().pop().unwrap();
+    // An earlier save number does not release a later one's answer.
+    h.rec.saved(h.now, id, seq - 1, Ok(()));
+    assert!(h.drain().responses.is_empty());
+    h.rec.saved(h.now, id, seq, Ok(()));
+    let out = h.drain();
+    assert_eq!(out.codes(), vec![200]);
+    assert!(String::from_utf8_lossy(&out.last().body).contains("a=recvonly"));
+    assert_eq!(h.rec.counters().invites_accepted, 1);
+    // A late duplicate confirmation changes nothing.
+    h.rec.saved(h.now, id, seq, Ok(()));
+    assert!(h.drain().responses.is_empty());
+}
+
+#[test]
+fn cancel_before_the_answer_gives_487_and_frees_everything() {
+    // Exactly the ports for one SIPREC call, so a leak would show.
+    let mut h = Harness::with(config(), 2);
+    h.held_saves = Some(Vec::new());
+    let invite = acme_invite_text(&mut h, "cancelled");
+    assert_eq!(h.send(&invite).codes(), vec![100]);
+    let (id, seq) = h.held_saves.as_mut().unwrap().pop().unwrap();
+    let out = h.send(&cancel_of(&invite));
+    let mut codes = out.codes();
+    codes.sort();
+    assert_eq!(codes, vec![200, 487], "200 for the CANCEL, 487 for the INVITE");
+    let terminated = out.responses.iter().find(|r| r.status.as_u16() == 487).unwrap();
+    assert_eq!(terminated.headers.get("CSeq"), Some("1 INVITE"));
+    assert!(terminated.to().unwrap().tag().is_some(), "487 carries a To tag");
+    let stop = out.stop().expect("recording closed");
+    assert_eq!(stop.state, RecordingState::Failed);
+    assert_eq!(stop.reason(), Some("cancelled by the recording source before answer"));
+    assert!(out.requests.is_empty(), "no BYE for a call never answered");
+    assert_eq!(h.rec.active_recordings(), 0);
+    assert_eq!(h.rec.counters().invites_cancelled, 1);
+    // The save finishing afterwards answers nothing.
+    h.rec.saved(h.now, id, seq, Ok(()));
+    assert!(h.drain().responses.is_empty());
+    // The ACK for the 487 is absorbed by the transaction.
+    let ack = cancel_of(&invite).replace("CANCEL", "ACK");
+    assert!(h.send(&ack).responses.is_empty());
+    // A CANCEL retransmission gets the same 200 and nothing else.
+    assert_eq!(h.send(&cancel_of(&invite)).codes(), vec![200]);
+    // Its ports are free again: the next call gets them.
+    h.held_saves = None;
+    assert_eq!(acme_invite(&mut h, "next").codes(), vec![100, 200]);
+    // A CANCEL after the 200 changes nothing (RFC 3261 §9.2).
+    let invite = acme_invite_text(&mut h, "answered");
+    let _ = h.send(&invite);
+    assert_eq!(h.send(&cancel_of(&invite)).codes(), vec![200]);
+}
+
+#[test]
+fn storage_that_fails_or_stalls_refuses_with_503() {
+    let mut h = Harness::new();
+    h.held_saves = Some(Vec::new());
+    assert_eq!(acme_invite(&mut h, "broken-disk").codes(), vec![100]);
+    let (id, seq) = h.held_saves.as_mut().unwrap().pop().unwrap();
+    h.rec.saved(h.now, id, seq, Err("No space left on device".into()));
+    let out = h.drain();
+    assert_eq!(out.codes(), vec![503]);
+    assert!(out.last().headers.get("Retry-After").is_some());
+    let stop = out.stop().unwrap();
+    assert_eq!(stop.state, RecordingState::Failed);
+    assert_eq!(stop.reason(), Some("recording metadata could not be stored: No space left on device"));
+
+    assert_eq!(acme_invite(&mut h, "stalled-disk").codes(), vec![100]);
+    let stalled = |out: &Out| -> Vec<u16> {
+        out.responses.iter().filter(|r| r.call_id() == Some("stalled-disk")).map(|r| r.status.as_u16()).collect()
+    };
+    assert_eq!(stalled(&h.advance(Duration::from_millis(3900))), Vec::<u16>::new());
+    let out = h.advance(Duration::from_millis(200));
+    assert_eq!(stalled(&out), vec![503]);
+    assert_eq!(out.stop().unwrap().reason(), Some("recording metadata not stored within 4000 ms"));
+    assert_eq!(h.rec.active_recordings(), 0);
+    assert_eq!(h.rec.counters().invites_rejected.get(&503), Some(&2));
 }

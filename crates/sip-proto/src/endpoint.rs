@@ -46,6 +46,14 @@ impl Transport {
         !matches!(self, Transport::Udp)
     }
 
+    /// The port a Via or URI without one means (RFC 3261 §19.1.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Tls => 5061,
+            _ => 5060,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Udp => "UDP",
@@ -538,7 +546,10 @@ impl Endpoint {
         if pending {
             // 487 echoes the INVITE's headers; CANCEL carries the same
             // Via/From/Call-ID and CSeq number, only the method differs.
-            let mut terminated = Response::to_request(&req, StatusCode::REQUEST_TERMINATED, "Request Terminated", None);
+            // A final response creates no dialog, but RFC 3261 §8.2.6.2 still wants a To tag.
+            let tag = self.new_token(10);
+            let mut terminated =
+                Response::to_request(&req, StatusCode::REQUEST_TERMINATED, "Request Terminated", Some(&tag));
             terminated.headers.set("CSeq", format!("{} INVITE", e.cseq.seq));
             self.send_response_on(now, invite, terminated);
             self.emit(Event::Cancelled { invite_tx: invite });
@@ -810,17 +821,16 @@ fn ack_for_failure(req: &Request, resp: &Response) -> Vec<u8> {
     ack.to_bytes()
 }
 
-/// Where a response goes (RFC 3261 §18.2.2, RFC 3581): back on the
-/// connection for stream transports; for UDP to the source address when
-/// `rport` is present, else to the source IP and the Via's port.
+/// Where a response goes (RFC 3261 §18.2.2, RFC 3581). For stream
+/// transports it goes back on `peer.conn`; the address returned is where
+/// the driver opens a new connection if that one has closed: the source
+/// IP and the Via's sent-by port (the source port of an accepted
+/// connection is ephemeral). For UDP: the source address when `rport`
+/// is present, else the source IP and the Via's port.
 pub fn response_dest(peer: Peer, via: Option<&Via>) -> SocketAddr {
-    if peer.transport.is_reliable() {
-        return peer.addr;
-    }
     match via {
-        Some(v) if !v.params.has("rport") => {
-            let port = v.port.unwrap_or(5060);
-            SocketAddr::new(peer.addr.ip(), port)
+        Some(v) if peer.transport.is_reliable() || !v.params.has("rport") => {
+            SocketAddr::new(peer.addr.ip(), v.port.unwrap_or(peer.transport.default_port()))
         }
         _ => peer.addr,
     }

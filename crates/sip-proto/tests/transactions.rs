@@ -253,6 +253,16 @@ fn responses_follow_via_rport_and_received() {
     let d = drain(&mut ep);
     assert_eq!(d.sent[0].0, src);
     assert!(d.sent[0].1.headers().get("Via").unwrap().contains("rport=40000"));
+    // TCP: the response rides the connection; should it close, a new one
+    // goes to the sent-by port (§18.2.2), not the ephemeral source port.
+    let tcp = Peer { transport: Transport::Tcp, addr: src, conn: Some(ConnId(3)) };
+    let over_tcp = invite("z9hG4bK3").replace("UDP 127.0.0.1:5070;branch", "TCP 127.0.0.1:5070;rport;branch");
+    ep.handle_message(now, tcp, over_tcp.as_bytes());
+    let d = drain(&mut ep);
+    assert_eq!(d.sent[0].0, "127.0.0.9:5070".parse().unwrap());
+    let no_port = invite("z9hG4bK4").replace("UDP 127.0.0.1:5070;branch", "TCP client.invalid;branch");
+    ep.handle_message(now, tcp, no_port.as_bytes());
+    assert_eq!(drain(&mut ep).sent[0].0, "127.0.0.9:5060".parse().unwrap());
 }
 
 #[test]

@@ -20,7 +20,7 @@ use model::{AudioInfo, NodeId, RecordingId, RecordingMeta, RecordingState, Sourc
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::layout::{durable_write, sync_dir, DataDir};
+use crate::layout::{durable_write, durable_write_all, sync_dir, DataDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -55,6 +55,16 @@ impl Archive {
     pub fn save_active(&self, meta: &RecordingMeta) -> Result<(), ArchiveError> {
         let path = self.dir.spool_json(meta.id);
         durable_write(&path, &meta.to_json()).map_err(io_err(&path))
+    }
+
+    /// [`Archive::save_active`] for a batch, sharing one directory fsync.
+    pub fn save_active_all(&self, metas: &[&RecordingMeta]) -> Vec<Result<(), ArchiveError>> {
+        let files: Vec<(PathBuf, Vec<u8>)> = metas.iter().map(|m| (self.dir.spool_json(m.id), m.to_json())).collect();
+        durable_write_all(&self.dir.spool_dir(), &files)
+            .into_iter()
+            .zip(&files)
+            .map(|(r, (path, _))| r.map_err(io_err(path)))
+            .collect()
     }
 
     /// Steps 1–3 for a recording whose `meta` carries its final state.

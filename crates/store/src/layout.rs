@@ -115,6 +115,27 @@ impl DataDir {
 
 /// Writes `data` to `path` atomically and durably.
 pub fn durable_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_synced(path, data)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// [`durable_write`] for several files of one directory `dir`, with one
+/// directory fsync for all of them. One result per file, in order.
+pub fn durable_write_all(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<io::Result<()>> {
+    let mut results: Vec<io::Result<()>> = files.iter().map(|(p, d)| replace_synced(p, d)).collect();
+    if results.iter().any(Result::is_ok) {
+        if let Err(e) = sync_dir(dir) {
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+    }
+    results
+}
+
+/// Writes `data` to a synced temporary file and renames it over `path`;
+/// durable once the directory is synced.
+fn replace_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -126,8 +147,7 @@ pub fn durable_write(path: &Path, data: &[u8]) -> io::Result<()> {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

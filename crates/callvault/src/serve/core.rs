@@ -11,7 +11,7 @@ use recorder::{Counters, MediaNotice, Now, Output, Recorder};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::persist::PersistJob;
+use super::persist::{PersistJob, SaveAck};
 use super::transport::{Inbound, Transports};
 
 /// Requests from the HTTP API, the CLI (through HTTP) and housekeeping.
@@ -51,6 +51,7 @@ pub struct CoreTask {
     pub notices: mpsc::UnboundedReceiver<MediaNotice>,
     pub admin: mpsc::Receiver<AdminCmd>,
     pub persist: mpsc::UnboundedSender<PersistJob>,
+    pub saved: mpsc::UnboundedReceiver<SaveAck>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -81,6 +82,12 @@ impl CoreTask {
                         } else {
                             self.recorder.handle_sip(now(), msg.peer, &msg.data);
                         }
+                    }
+                }
+                Some(ack) = self.saved.recv() => {
+                    self.recorder.saved(now(), ack.id, ack.seq, ack.result);
+                    while let Ok(ack) = self.saved.try_recv() {
+                        self.recorder.saved(now(), ack.id, ack.seq, ack.result);
                     }
                 }
                 Some(notice) = self.notices.recv() => {
@@ -152,11 +159,8 @@ impl CoreTask {
             match o {
                 Output::Transmit(t) => self.transports.send(t),
                 Output::Media(cmd) => self.engine.command(cmd),
-                Output::Recording(ev) => {
-                    let meta = match ev {
-                        recorder::RecordingEvent::Started(m) | recorder::RecordingEvent::Updated(m) => m,
-                    };
-                    let _ = self.persist.send(PersistJob::Active(meta));
+                Output::Recording { event, seq } => {
+                    let _ = self.persist.send(PersistJob::Active { meta: event.into_meta(), seq });
                 }
             }
         }

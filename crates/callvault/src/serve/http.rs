@@ -105,6 +105,7 @@ async fn api_status(State(s): State<AppState>) -> Response {
         "accepting_calls": st.can_record.is_ok(),
         "refusal_reason": st.can_record.err(),
         "invites_accepted": st.counters.invites_accepted,
+        "invites_cancelled": st.counters.invites_cancelled,
         "recordings_ended": st.counters.recordings_ended,
         "rtp_packets": st.media.packets,
         "rtp_lost": st.media.lost,

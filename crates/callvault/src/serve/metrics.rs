@@ -61,6 +61,12 @@ impl Collector for StatusCollector {
             "Initial INVITEs accepted for recording",
             s.counters.invites_accepted,
         )?;
+        counter(
+            &mut enc,
+            "callvault_invites_cancelled",
+            "Initial INVITEs the source cancelled before they were answered",
+            s.counters.invites_cancelled,
+        )?;
         labelled_counter(
             &mut enc,
             "callvault_invites_rejected",

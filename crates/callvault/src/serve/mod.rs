@@ -129,6 +129,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let pending = pool.pending();
     let (notice_tx, notice_rx) = mpsc::unbounded_channel();
     let (persist_tx, persist_rx) = mpsc::unbounded_channel::<PersistJob>();
+    let (saved_tx, saved_rx) = mpsc::unbounded_channel();
     let mut ecfg = EngineConfig::new(dir.spool_dir());
     ecfg.shards = cfg.media.threads.max(1);
     ecfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs.max(1));
@@ -197,10 +198,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         notices: notice_rx,
         admin: admin_rx,
         persist: persist_tx,
+        saved: saved_rx,
         shutdown: shutdown_rx,
     };
     let core_handle = tokio::spawn(core.run());
-    let persist_handle = tokio::spawn(persist::run(persist_rx, archive, db.clone()));
+    let persist_handle = tokio::spawn(persist::run(persist_rx, saved_tx, archive, db.clone()));
 
     // Storage health.
     {

@@ -1,8 +1,10 @@
 //! The persistence worker: makes metadata durable and finishes recordings.
 //!
 //! - `Active`: the spool JSON of a running recording is rewritten
-//!   (durably) and the index updated; index errors are only logged, the
-//!   final write carries everything anyway.
+//!   (durably), the core is told (a new call is answered only then), and
+//!   the index updated; index errors are only logged, the final write
+//!   carries everything anyway. Saves waiting together share one
+//!   directory fsync and one database commit.
 //! - `Closed`: the engine has flushed the audio; archive it (header,
 //!   checksum, move, final JSON), index it, then drop the spool JSON. If
 //!   the index is unreachable the recording waits in a retry list (and in
@@ -19,9 +21,27 @@ use tokio::task::JoinSet;
 
 #[derive(Debug)]
 pub enum PersistJob {
-    Active(Box<RecordingMeta>),
-    Closed { meta: Box<RecordingMeta>, error: Option<String> },
+    /// Save `meta` of a running recording; acknowledge `seq` to the core.
+    Active {
+        meta: Box<RecordingMeta>,
+        seq: u64,
+    },
+    Closed {
+        meta: Box<RecordingMeta>,
+        error: Option<String>,
+    },
 }
+
+/// The outcome of an `Active` save, for [`recorder::Recorder::saved`].
+#[derive(Debug)]
+pub struct SaveAck {
+    pub id: RecordingId,
+    pub seq: u64,
+    pub result: Result<(), String>,
+}
+
+/// Most saves written with one directory fsync and one commit.
+const SAVE_BATCH: usize = 256;
 
 /// Finishes one recording: archive, index, forget. Returns the recording
 /// when indexing must be retried.
@@ -64,7 +84,60 @@ pub async fn finish(archive: &Archive, db: &MetaDb, mut meta: RecordingMeta) -> 
     Ok(())
 }
 
-pub async fn run(mut rx: mpsc::UnboundedReceiver<PersistJob>, archive: Archive, db: MetaDb) {
+/// Writes a batch of running recordings' metadata to the spool, tells the
+/// core which saves are durable, then indexes them.
+async fn save_active(
+    archive: &Archive,
+    db: &MetaDb,
+    acks: &mpsc::UnboundedSender<SaveAck>,
+    saves: Vec<(Box<RecordingMeta>, u64)>,
+) {
+    // Only the newest snapshot of each recording is written; its ack covers the older ones.
+    let mut newest: Vec<(Box<RecordingMeta>, u64)> = Vec::with_capacity(saves.len());
+    for (meta, seq) in saves {
+        match newest.iter_mut().find(|(m, _)| m.id == meta.id) {
+            Some(slot) if slot.1 < seq => *slot = (meta, seq),
+            Some(_) => {}
+            None => newest.push((meta, seq)),
+        }
+    }
+    let a = archive.clone();
+    let tickets: Vec<(RecordingId, u64)> = newest.iter().map(|(m, seq)| (m.id, *seq)).collect();
+    let joined = tokio::task::spawn_blocking(move || {
+        let metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
+        let results: Vec<Result<(), String>> =
+            a.save_active_all(&metas).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        (newest, results)
+    })
+    .await;
+    let (newest, results) = match joined {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "metadata save task failed");
+            for (id, seq) in tickets {
+                let _ = acks.send(SaveAck { id, seq, result: Err("metadata save task failed".into()) });
+            }
+            return;
+        }
+    };
+    for ((meta, seq), result) in newest.iter().zip(results) {
+        if let Err(e) = &result {
+            tracing::error!(recording = %meta.id, error = %e, "cannot save recording metadata");
+        }
+        let _ = acks.send(SaveAck { id: meta.id, seq: *seq, result });
+    }
+    let metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
+    if let Err(e) = db.upsert_many(&metas).await {
+        tracing::warn!(recordings = metas.len(), error = %e, "index update failed (kept in spool)");
+    }
+}
+
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<PersistJob>,
+    acks: mpsc::UnboundedSender<SaveAck>,
+    archive: Archive,
+    db: MetaDb,
+) {
     let mut closed: HashSet<RecordingId> = HashSet::new();
     let mut closed_order: VecDeque<RecordingId> = VecDeque::new();
     let mut tasks: JoinSet<Result<(), RecordingMeta>> = JoinSet::new();
@@ -74,35 +147,40 @@ pub async fn run(mut rx: mpsc::UnboundedReceiver<PersistJob>, archive: Archive, 
     let mut waiting: VecDeque<RecordingMeta> = VecDeque::new();
     loop {
         tokio::select! {
-            job = rx.recv() => match job {
-                None => break,
-                Some(PersistJob::Active(meta)) => {
-                    if closed.contains(&meta.id) {
-                        continue; // a late snapshot of a recording already closed
-                    }
-                    let a = archive.clone();
-                    let m = meta.clone();
-                    match tokio::task::spawn_blocking(move || a.save_active(&m)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::error!(recording = %meta.id, error = %e, "cannot save recording metadata"),
-                        Err(e) => tracing::error!(error = %e, "metadata task panicked"),
-                    }
-                    if let Err(e) = db.upsert(&meta).await {
-                        tracing::warn!(recording = %meta.id, error = %e, "index update failed (kept in spool)");
-                    }
-                }
-                Some(PersistJob::Closed { mut meta, error }) => {
-                    if let Some(err) = error {
-                        if meta.state != RecordingState::Failed {
-                            meta.transition(RecordingState::Failed, OffsetDateTime::now_utc(), format!("audio write error: {err}"));
+            job = rx.recv() => {
+                let Some(job) = job else { break };
+                // Take every job already queued: saves are written as one batch.
+                let mut saves = Vec::new();
+                let mut next = Some(job);
+                while let Some(job) = next.take() {
+                    match job {
+                        PersistJob::Active { meta, seq } => {
+                            // A late snapshot of a recording already closed is dropped.
+                            if !closed.contains(&meta.id) {
+                                saves.push((meta, seq));
+                            }
+                        }
+                        PersistJob::Closed { mut meta, error } => {
+                            if let Some(err) = error {
+                                if meta.state != RecordingState::Failed {
+                                    let at = OffsetDateTime::now_utc();
+                                    meta.transition(RecordingState::Failed, at, format!("audio write error: {err}"));
+                                }
+                            }
+                            closed.insert(meta.id);
+                            closed_order.push_back(meta.id);
+                            if closed_order.len() > 100_000 {
+                                if let Some(old) = closed_order.pop_front() { closed.remove(&old); }
+                            }
+                            waiting.push_back(*meta);
                         }
                     }
-                    closed.insert(meta.id);
-                    closed_order.push_back(meta.id);
-                    if closed_order.len() > 100_000 {
-                        if let Some(old) = closed_order.pop_front() { closed.remove(&old); }
+                    if saves.len() < SAVE_BATCH {
+                        next = rx.try_recv().ok();
                     }
-                    waiting.push_back(*meta);
+                }
+                if !saves.is_empty() {
+                    save_active(&archive, &db, &acks, saves).await;
                 }
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod calls;
+mod cancel;
 mod corpus;
 mod failures;
 mod harness;
