@@ -113,6 +113,7 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
             source: Source::Tone(440.0),
             loss: 0.0,
             dtmf: None,
+            delay_step: None,
         })
         .collect();
     pacer.play(u64::MAX, plans);

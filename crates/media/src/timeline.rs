@@ -92,14 +92,23 @@ impl Timeline {
     }
 }
 
+/// Packets per drift window of [`PositionMapper`] (1 s at 20 ms).
+const DRIFT_WINDOW: u32 = 50;
+
 /// Maps a stream's RTP timestamps to timeline frames.
 ///
 /// The first packet anchors the stream at its arrival frame; later packets
 /// land where their timestamp says. The anchor moves when the prediction
-/// and the arrival disagree too much: a packet arriving *earlier* than
-/// predicted by more than `early_slack` proves the anchor was set on a
-/// delayed packet (or the sender clock runs fast), one later by more than
-/// `late_slack` means a timestamp jump.
+/// and the arrival disagree too much:
+/// - a packet arriving *earlier* than predicted by more than `early_slack`
+///   proves the anchor was set on a delayed packet (or the sender clock
+///   runs fast): re-anchor at its arrival;
+/// - one later by more than `late_slack` means a timestamp jump: same;
+/// - when even the least delayed packet of a window of [`DRIFT_WINDOW`]
+///   packets is later than `drift_slack`, the path got slower (a delay
+///   step) or the sender clock runs slow: the anchor moves forward by that
+///   much. Without this, every later packet would fall behind the playout
+///   delay and be dropped as late for the rest of the call.
 #[derive(Debug, Clone)]
 pub struct PositionMapper {
     anchor: Option<(u64, u64)>,
@@ -108,25 +117,42 @@ pub struct PositionMapper {
     den: u64,
     early_slack: u64,
     late_slack: u64,
+    drift_slack: u64,
+    /// Least lateness (arrival − prediction, frames) in the current window.
+    window_min: i128,
+    window_len: u32,
     pub reanchors: u32,
+    pub drift_shifts: u32,
 }
 
 impl PositionMapper {
     /// `output_rate`/`clock_rate` converts timestamp units to frames; slacks in frames.
-    pub fn new(output_rate: u32, clock_rate: u32, early_slack: u64, late_slack: u64) -> PositionMapper {
+    pub fn new(
+        output_rate: u32,
+        clock_rate: u32,
+        early_slack: u64,
+        late_slack: u64,
+        drift_slack: u64,
+    ) -> PositionMapper {
         PositionMapper {
             anchor: None,
             num: output_rate as u64,
             den: clock_rate.max(1) as u64,
             early_slack,
             late_slack,
+            drift_slack,
+            window_min: i128::MAX,
+            window_len: 0,
             reanchors: 0,
+            drift_shifts: 0,
         }
     }
 
     /// Forget the anchor (SSRC change).
     pub fn reset(&mut self) {
         self.anchor = None;
+        self.window_len = 0;
+        self.window_min = i128::MAX;
     }
 
     /// Where `ts` would land under the current anchor, without moving it.
@@ -151,9 +177,23 @@ impl PositionMapper {
         if reanchor {
             self.reanchors += 1;
             self.anchor = Some((ts, arrival_frame));
+            self.window_len = 0;
+            self.window_min = i128::MAX;
             return arrival_frame;
         }
-        predicted as u64
+        self.window_min = self.window_min.min(arrival - predicted);
+        self.window_len += 1;
+        if self.window_len < DRIFT_WINDOW {
+            return predicted as u64;
+        }
+        let shift = std::mem::replace(&mut self.window_min, i128::MAX);
+        self.window_len = 0;
+        if shift <= self.drift_slack as i128 {
+            return predicted as u64;
+        }
+        self.drift_shifts += 1;
+        self.anchor = Some((ats, (aframe as i128 + shift) as u64));
+        (predicted + shift) as u64
     }
 }
 
@@ -193,7 +233,7 @@ mod tests {
 
     #[test]
     fn mapper_follows_timestamps_and_reanchors_on_jumps() {
-        let mut m = PositionMapper::new(8000, 8000, 480, 2400);
+        let mut m = PositionMapper::new(8000, 8000, 480, 2400, 320);
         assert_eq!(m.position(1000, 50), 50);
         // Arrives a bit late (jitter): still placed by timestamp.
         assert_eq!(m.position(1160, 260), 210);
@@ -205,5 +245,53 @@ mod tests {
         // Earlier than possible by more than the slack: re-anchor earlier.
         assert_eq!(m.position(1000 + 8000 * 3600 + 8000, 9000), 9000);
         assert_eq!(m.reanchors, 2);
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::*;
+
+    /// 20 ms packets at 8 kHz; `arrival(n)` gives packet n's arrival frame.
+    fn run(m: &mut PositionMapper, packets: u64, ts_step: u64, arrival: impl Fn(u64) -> u64) -> Vec<(u64, u64)> {
+        (0..packets).map(|n| (m.position(n * ts_step, arrival(n)), arrival(n))).collect()
+    }
+
+    fn mapper() -> PositionMapper {
+        // The engine's slacks: early 60 ms, jump 1 s, drift 40 ms.
+        PositionMapper::new(8000, 8000, 480, 8000, 320)
+    }
+
+    #[test]
+    fn a_delay_step_is_followed_within_one_window() {
+        let mut m = mapper();
+        // 300 ms more transit delay from packet 100 on (a reroute, a buffering SBC).
+        let placed = run(&mut m, 400, 160, |n| n * 160 + if n >= 100 { 2400 } else { 0 });
+        assert_eq!(m.drift_shifts, 1);
+        assert_eq!(m.reanchors, 0);
+        // Before the step and from the end of the first window after it: placed at arrival.
+        assert!(placed[..100].iter().all(|(p, a)| p == a));
+        assert!(placed[150..].iter().all(|(p, a)| p == a), "{:?}", &placed[150..152]);
+    }
+
+    #[test]
+    fn a_slow_sender_clock_stays_aligned_over_two_hours() {
+        let mut m = mapper();
+        // The sender's clock runs 100 ppm slow: each 20 ms of audio takes 20.002 ms.
+        let packets = 2 * 3600 * 50;
+        let placed = run(&mut m, packets, 160, |n| n * 160 + n * 160 / 10_000);
+        let worst = placed.iter().map(|(p, a)| a.abs_diff(*p)).max().unwrap();
+        assert!(worst <= 320 + 16, "misaligned by {worst} frames");
+        assert!(m.drift_shifts > 10, "{}", m.drift_shifts);
+    }
+
+    #[test]
+    fn jitter_alone_moves_nothing() {
+        let mut m = mapper();
+        // Up to 150 ms of scattered jitter; a few packets in each second are on time.
+        let jitter: Vec<u64> = (0..3000u64).map(|n| if n % 10 == 0 { 0 } else { n * 7919 % 1200 }).collect();
+        let placed = run(&mut m, 3000, 160, |n| n * 160 + jitter[n as usize]);
+        assert_eq!((m.drift_shifts, m.reanchors), (0, 0));
+        assert!(placed.iter().enumerate().all(|(n, (p, _))| *p == n as u64 * 160));
     }
 }

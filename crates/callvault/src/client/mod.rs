@@ -103,6 +103,13 @@ pub struct CallArgs {
     /// When to send the DTMF digits, seconds into the call.
     #[arg(long, default_value_t = 1.0)]
     pub dtmf_at: f64,
+    /// Delay stream A by this many ms from `--delay-step-at` on, as a
+    /// network path that gets slower would (tests jitter-buffer recovery).
+    #[arg(long)]
+    pub delay_step_a: Option<u64>,
+    /// When the delay step of `--delay-step-a` happens, seconds into the call.
+    #[arg(long, default_value_t = 2.0)]
+    pub delay_step_at: f64,
     /// Local address to send from (default: loopback for loopback targets).
     #[arg(long)]
     pub local_ip: Option<IpAddr>,
@@ -361,7 +368,8 @@ fn media_targets(body: &[u8], want: Codec) -> anyhow::Result<Vec<Option<(SocketA
         .collect())
 }
 
-fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, dtmf: bool) -> StreamPlan {
+/// The plan of one stream; DTMF and the delay step go on stream A only.
+fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, stream_a: bool) -> StreamPlan {
     let codec = if pt == 8 { Codec::Pcma } else { Codec::Pcmu };
     StreamPlan {
         dest,
@@ -371,7 +379,12 @@ fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, dtmf: bool) -> St
         telephone_event_pt: 101,
         source,
         loss: sh.args.loss,
-        dtmf: if dtmf { sh.args.dtmf.clone().map(|d| (d, Duration::from_secs_f64(sh.args.dtmf_at))) } else { None },
+        dtmf: if stream_a { sh.args.dtmf.clone().map(|d| (d, Duration::from_secs_f64(sh.args.dtmf_at))) } else { None },
+        delay_step: sh
+            .args
+            .delay_step_a
+            .filter(|_| stream_a)
+            .map(|ms| (Duration::from_secs_f64(sh.args.delay_step_at), Duration::from_millis(ms))),
     }
 }
 

@@ -37,6 +37,10 @@ pub struct StreamPlan {
     pub loss: f64,
     /// Digits to send as RFC 4733 events, starting at this offset.
     pub dtmf: Option<(String, Duration)>,
+    /// Pause for `.1` at offset `.0`, then go on without a gap in sequence
+    /// numbers or timestamps: what a receiver sees when the network path
+    /// gets slower by `.1` (a delay step).
+    pub delay_step: Option<(Duration, Duration)>,
 }
 
 /// What a finished stream sent.
@@ -72,6 +76,8 @@ struct Live {
     /// Packets (20 ms slots) sent so far: DTMF is scheduled by slot, not by
     /// wall clock, so all packets of an event share one start timestamp.
     slot: u32,
+    /// Ticks since the stream started, sent or not.
+    ticks: u32,
 }
 
 impl Pacer {
@@ -135,6 +141,7 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                             next_sr: now + Duration::from_secs(2),
                             octets: 0,
                             slot: 0,
+                            ticks: 0,
                         })
                         .collect();
                     calls.insert(key, live);
@@ -149,6 +156,14 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
         }
         let now = Instant::now();
         for live in calls.values_mut().flat_map(|v| v.iter_mut()) {
+            let tick_no = live.ticks;
+            live.ticks += 1;
+            if let Some((at, len)) = live.plan.delay_step {
+                let (from, ticks) = ((at.as_millis() / 20) as u32, (len.as_millis() / 20) as u32);
+                if (from..from + ticks).contains(&tick_no) {
+                    continue;
+                }
+            }
             // Audio, or a DTMF event in its place: each digit takes 15 slots
             // (300 ms), the first 5 (100 ms) carry the RFC 4733 event.
             let slot = live.slot;

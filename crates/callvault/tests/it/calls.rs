@@ -188,6 +188,23 @@ fn channels_stay_aligned_under_packet_loss() {
 }
 
 #[test]
+fn a_delay_step_on_one_stream_is_followed_not_dropped() {
+    let node = Node::start("delay-step");
+    // From 2 s on, stream A arrives 600 ms later than before: beyond the
+    // playout delay (200 ms + up to 200 ms until the next commit), so
+    // without following the step every later packet of A would be dropped
+    // as late; yet under 1 s, so it is no timestamp jump either.
+    let s = call(node.sip_udp, &["--duration", "6", "--delay-step-a", "600", "--delay-step-at", "2"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    let wav = node.audio(&rec);
+    let rms = |ch, from, to| media::signal::rms(wav.slice(ch, from, to));
+    assert!(rms(0, 500, 1900) > 3000.0, "A recorded before the step");
+    assert!(rms(0, 4500, 5500) > 3000.0, "A recorded again after the step: {}", rms(0, 4500, 5500));
+    assert!(rms(1, 500, 5500) > 3000.0, "B unaffected");
+}
+
+#[test]
 fn dtmf_is_recorded_as_events() {
     let node = Node::start("dtmf");
     let s = call(node.sip_udp, &["--duration", "3", "--dtmf", "1*9#", "--dtmf-at", "0.5"]);
