@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use media::wav::WavFormat;
-use media::{Codec, PositionMapper, Timeline};
+use media::{Codec, PositionMapper, Slack, Timeline};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use model::{DtmfRecord, RecordingId, RecordingMeta, StreamStats};
@@ -498,11 +498,8 @@ impl Ingest {
         }
         let rate = self.recs[rec_idx].as_ref().expect("live").rate;
         let clock = spec.codecs.first().map(|(_, c)| c.clock_rate()).unwrap_or(8000);
-        // Early by more than 60 ms re-anchors; late by more than 1 s means a
-        // jump; a whole window later than 40 ms (at most half the playout
-        // delay, so nothing is dropped as late first) moves the anchor.
-        let drift = (rate as u64 * 40 / 1000).min(rate as u64 * self.cfg.playout_delay.as_millis() as u64 / 2000);
-        let mapper = PositionMapper::new(rate, clock, rate as u64 * 60 / 1000, rate as u64, drift);
+        let slack = Slack::for_playout(rate, self.cfg.playout_delay.as_millis() as u64);
+        let mapper = PositionMapper::new(rate, clock, slack);
         let stream = Stream {
             id: spec.id,
             rec: rec_idx,

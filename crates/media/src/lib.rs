@@ -14,4 +14,4 @@ pub mod timeline;
 pub mod wav;
 
 pub use codec::Codec;
-pub use timeline::{Placement, PositionMapper, Timeline};
+pub use timeline::{Placement, PositionMapper, Slack, Timeline};

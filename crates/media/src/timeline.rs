@@ -92,8 +92,40 @@ impl Timeline {
     }
 }
 
-/// Packets per drift window of [`PositionMapper`] (1 s at 20 ms).
-const DRIFT_WINDOW: u32 = 50;
+/// Packets per window of [`PositionMapper`] (500 ms at 20 ms).
+const DRIFT_WINDOW: u32 = 25;
+/// Consecutive windows later than `drift` before the anchor follows: a
+/// receiver starved of CPU for a second or two must not move it.
+const DRIFT_WINDOWS: u8 = 6;
+
+/// When a [`PositionMapper`] moves its anchor, in output frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slack {
+    /// A packet earlier than predicted by more: re-anchor at it.
+    pub early: u64,
+    /// A packet later than predicted by more: a timestamp jump, re-anchor.
+    pub jump: u64,
+    /// Every packet of one window earlier by more: the anchor was set on a
+    /// delayed packet (or the sender clock runs fast); move back. Lateness
+    /// is one-sided noise (a packet is never read before it was sent), so
+    /// one window of early evidence is enough.
+    pub settle: u64,
+    /// Every packet of [`DRIFT_WINDOWS`] windows later by more: follow.
+    pub drift: u64,
+    /// Every packet of one window later by more: follow at once (set it
+    /// below the playout delay, beyond which packets are dropped as late).
+    pub urgent: u64,
+}
+
+impl Slack {
+    /// The engine's choice for `rate` Hz and a playout delay in ms: early
+    /// 60 ms, jump 1 s, settle 5 ms, drift 40 ms, urgent ¾ of the playout delay.
+    pub fn for_playout(rate: u32, playout_ms: u64) -> Slack {
+        let ms = |v: u64| rate as u64 * v / 1000;
+        let urgent = ms(playout_ms * 3 / 4).max(ms(20));
+        Slack { early: ms(60), jump: ms(1000), settle: ms(5), drift: ms(40).min(urgent), urgent }
+    }
+}
 
 /// Maps a stream's RTP timestamps to timeline frames.
 ///
@@ -104,45 +136,42 @@ const DRIFT_WINDOW: u32 = 50;
 ///   proves the anchor was set on a delayed packet (or the sender clock
 ///   runs fast): re-anchor at its arrival;
 /// - one later by more than `late_slack` means a timestamp jump: same;
-/// - when even the least delayed packet of a window of [`DRIFT_WINDOW`]
-///   packets is later than `drift_slack`, the path got slower (a delay
-///   step) or the sender clock runs slow: the anchor moves forward by that
-///   much. Without this, every later packet would fall behind the playout
-///   delay and be dropped as late for the rest of the call.
+/// - when the least delayed packet of a window of [`DRIFT_WINDOW`] packets
+///   is earlier than `slack.settle`, the anchor moves back by that much
+///   (it was set on a delayed packet);
+/// - when even the least delayed packet of a window is later than
+///   `slack.urgent`, or of [`DRIFT_WINDOWS`] windows
+///   in a row later than `slack.drift`, the path got slower (a delay step)
+///   or the sender clock runs slow: the anchor moves forward by that much.
+///   Without this, every later packet would fall behind the playout delay
+///   and be dropped as late for the rest of the call.
 #[derive(Debug, Clone)]
 pub struct PositionMapper {
     anchor: Option<(u64, u64)>,
     /// Output samples per RTP timestamp unit, as a ratio.
     num: u64,
     den: u64,
-    early_slack: u64,
-    late_slack: u64,
-    drift_slack: u64,
+    slack: Slack,
     /// Least lateness (arrival − prediction, frames) in the current window.
     window_min: i128,
     window_len: u32,
+    /// Windows in a row whose least lateness passed `slack.drift`.
+    late_windows: u8,
     pub reanchors: u32,
     pub drift_shifts: u32,
 }
 
 impl PositionMapper {
     /// `output_rate`/`clock_rate` converts timestamp units to frames; slacks in frames.
-    pub fn new(
-        output_rate: u32,
-        clock_rate: u32,
-        early_slack: u64,
-        late_slack: u64,
-        drift_slack: u64,
-    ) -> PositionMapper {
+    pub fn new(output_rate: u32, clock_rate: u32, slack: Slack) -> PositionMapper {
         PositionMapper {
             anchor: None,
             num: output_rate as u64,
             den: clock_rate.max(1) as u64,
-            early_slack,
-            late_slack,
-            drift_slack,
+            slack,
             window_min: i128::MAX,
             window_len: 0,
+            late_windows: 0,
             reanchors: 0,
             drift_shifts: 0,
         }
@@ -151,8 +180,13 @@ impl PositionMapper {
     /// Forget the anchor (SSRC change).
     pub fn reset(&mut self) {
         self.anchor = None;
+        self.restart_window();
+    }
+
+    fn restart_window(&mut self) {
         self.window_len = 0;
         self.window_min = i128::MAX;
+        self.late_windows = 0;
     }
 
     /// Where `ts` would land under the current anchor, without moving it.
@@ -172,13 +206,12 @@ impl PositionMapper {
         let predicted = aframe as i128 + delta * self.num as i128 / self.den as i128;
         let arrival = arrival_frame as i128;
         let reanchor = predicted < 0
-            || predicted > arrival + self.early_slack as i128
-            || predicted < arrival - self.late_slack as i128;
+            || predicted > arrival + self.slack.early as i128
+            || predicted < arrival - self.slack.jump as i128;
         if reanchor {
             self.reanchors += 1;
             self.anchor = Some((ts, arrival_frame));
-            self.window_len = 0;
-            self.window_min = i128::MAX;
+            self.restart_window();
             return arrival_frame;
         }
         self.window_min = self.window_min.min(arrival - predicted);
@@ -188,9 +221,18 @@ impl PositionMapper {
         }
         let shift = std::mem::replace(&mut self.window_min, i128::MAX);
         self.window_len = 0;
-        if shift <= self.drift_slack as i128 {
-            return predicted as u64;
+        let settle = shift < -(self.slack.settle as i128) && aframe as i128 + shift >= 0;
+        if !settle {
+            if shift <= self.slack.drift as i128 {
+                self.late_windows = 0;
+                return predicted as u64;
+            }
+            self.late_windows += 1;
+            if shift <= self.slack.urgent as i128 && self.late_windows < DRIFT_WINDOWS {
+                return predicted as u64;
+            }
         }
+        self.late_windows = 0;
         self.drift_shifts += 1;
         self.anchor = Some((ats, (aframe as i128 + shift) as u64));
         (predicted + shift) as u64
@@ -233,7 +275,8 @@ mod tests {
 
     #[test]
     fn mapper_follows_timestamps_and_reanchors_on_jumps() {
-        let mut m = PositionMapper::new(8000, 8000, 480, 2400, 320);
+        let slack = Slack { early: 480, jump: 2400, settle: 40, drift: 320, urgent: 1200 };
+        let mut m = PositionMapper::new(8000, 8000, slack);
         assert_eq!(m.position(1000, 50), 50);
         // Arrives a bit late (jitter): still placed by timestamp.
         assert_eq!(m.position(1160, 260), 210);
@@ -258,8 +301,9 @@ mod drift_tests {
     }
 
     fn mapper() -> PositionMapper {
-        // The engine's slacks: early 60 ms, jump 1 s, drift 40 ms.
-        PositionMapper::new(8000, 8000, 480, 8000, 320)
+        let slack = Slack::for_playout(8000, 200);
+        assert_eq!(slack, Slack { early: 480, jump: 8000, settle: 40, drift: 320, urgent: 1200 });
+        PositionMapper::new(8000, 8000, slack)
     }
 
     #[test]
@@ -283,6 +327,25 @@ mod drift_tests {
         let worst = placed.iter().map(|(p, a)| a.abs_diff(*p)).max().unwrap();
         assert!(worst <= 320 + 16, "misaligned by {worst} frames");
         assert!(m.drift_shifts > 10, "{}", m.drift_shifts);
+    }
+
+    #[test]
+    fn an_anchor_set_on_a_delayed_packet_settles_back() {
+        let mut m = mapper();
+        // The first packet was read 30 ms late, the rest on time.
+        let placed = run(&mut m, 100, 160, |n| n * 160 + if n == 0 { 240 } else { 0 });
+        assert_eq!((m.drift_shifts, m.reanchors), (1, 0));
+        assert_eq!(placed[1].0, 160 + 240, "placed by the first anchor at first");
+        assert!(placed[30..].iter().all(|(p, a)| p == a), "then where it belongs");
+    }
+
+    #[test]
+    fn a_receiver_starved_for_two_seconds_moves_nothing() {
+        let mut m = mapper();
+        // Every packet read 100 ms late for 2 s (the ingest thread had no CPU).
+        let placed = run(&mut m, 500, 160, |n| n * 160 + if (100..200).contains(&n) { 800 } else { 0 });
+        assert_eq!((m.drift_shifts, m.reanchors), (0, 0));
+        assert!(placed.iter().enumerate().all(|(n, (p, _))| *p == n as u64 * 160));
     }
 
     #[test]
