@@ -53,8 +53,7 @@ impl Archive {
 
     /// Saves the metadata of an active recording (spool JSON).
     pub fn save_active(&self, meta: &RecordingMeta) -> Result<(), ArchiveError> {
-        let path = self.dir.spool_json(meta.id);
-        durable_write(&path, &meta.to_json()).map_err(io_err(&path))
+        self.save_active_all(&[meta]).pop().expect("one result per recording")
     }
 
     /// [`Archive::save_active`] for a batch, sharing one directory fsync.
