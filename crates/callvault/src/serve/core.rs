@@ -11,7 +11,7 @@ use recorder::{Counters, MediaNotice, Now, Output, Recorder};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::persist::{PersistJob, SaveAck};
+use super::persist::{Backlog, PersistJob, SaveAck};
 use super::transport::{Inbound, Transports};
 
 /// Requests from the HTTP API, the CLI (through HTTP) and housekeeping.
@@ -37,6 +37,8 @@ pub struct NodeStatus {
     pub counters: Counters,
     pub responses: std::collections::BTreeMap<u16, u64>,
     pub media: StatsSnapshot,
+    /// Ended recordings not yet archived and indexed.
+    pub unarchived: usize,
 }
 
 pub fn now() -> Now {
@@ -52,6 +54,7 @@ pub struct CoreTask {
     pub admin: mpsc::Receiver<AdminCmd>,
     pub persist: mpsc::UnboundedSender<PersistJob>,
     pub saved: mpsc::UnboundedReceiver<SaveAck>,
+    pub backlog: Backlog,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -125,6 +128,7 @@ impl CoreTask {
                             counters: self.recorder.counters().clone(),
                             responses: self.recorder.responses_sent().clone(),
                             media: self.engine.stats(),
+                            unarchived: self.backlog.load(std::sync::atomic::Ordering::Relaxed),
                         });
                     }
                     AdminCmd::Active(reply) => {

@@ -106,6 +106,7 @@ async fn api_status(State(s): State<AppState>) -> Response {
         "refusal_reason": st.can_record.err(),
         "invites_accepted": st.counters.invites_accepted,
         "invites_cancelled": st.counters.invites_cancelled,
+        "recordings_unarchived": st.unarchived,
         "recordings_ended": st.counters.recordings_ended,
         "rtp_packets": st.media.packets,
         "rtp_lost": st.media.lost,

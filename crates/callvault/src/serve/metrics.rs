@@ -47,6 +47,12 @@ impl Collector for StatusCollector {
         let m = &s.media;
         gauge(&mut enc, "callvault_active_recordings", "Calls being recorded now", s.active_recordings as i64)?;
         gauge(&mut enc, "callvault_active_call_legs", "SIP dialogs of calls being recorded", s.active_legs as i64)?;
+        gauge(
+            &mut enc,
+            "callvault_recordings_unarchived",
+            "Ended recordings not yet archived and indexed (grows while the index is down)",
+            s.unarchived as i64,
+        )?;
         gauge(&mut enc, "callvault_draining", "1 while the node refuses new calls (drain mode)", s.draining as i64)?;
         gauge(
             &mut enc,

@@ -190,7 +190,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let recorder = Recorder::new(rcfg, Box::new(pool));
     let (admin_tx, admin_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let backlog = persist::Backlog::default();
     let core = CoreTask {
+        backlog: backlog.clone(),
         recorder,
         engine,
         transports,
@@ -202,7 +204,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     };
     let core_handle = tokio::spawn(core.run());
-    let persist_handle = tokio::spawn(persist::run(persist_rx, saved_tx, archive, db.clone()));
+    let persist_handle = tokio::spawn(persist::run(persist_rx, saved_tx, backlog, archive, db.clone()));
 
     // Storage health.
     {

@@ -1,22 +1,24 @@
 //! The persistence worker: makes metadata durable and finishes recordings.
 //!
 //! - `Active`: the spool JSON of a running recording is rewritten
-//!   (durably), the core is told (a new call is answered only then), and
-//!   the index updated; index errors are only logged, the final write
-//!   carries everything anyway. Saves waiting together share one
-//!   directory fsync and one database commit.
+//!   (durably) and the core is told (a new call is answered only then);
+//!   the index is updated in the background ([`ActiveIndexer`]), so the
+//!   database never delays an answer; its errors are only logged, the
+//!   final write carries everything anyway. Saves waiting together share
+//!   one directory fsync and one database commit.
 //! - `Closed`: the engine has flushed the audio; archive it (header,
 //!   checksum, move, final JSON), index it, then drop the spool JSON. If
 //!   the index is unreachable the recording waits in a retry list (and in
 //!   the spool, so a restart also finds it) until the database is back.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use model::{RecordingId, RecordingMeta, RecordingState};
 use store::{Archive, MetaDb};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 #[derive(Debug)]
@@ -42,6 +44,11 @@ pub struct SaveAck {
 
 /// Most saves written with one directory fsync and one commit.
 const SAVE_BATCH: usize = 256;
+
+/// Recordings that ended but are not yet archived and indexed (queued,
+/// in progress, or waiting to retry because the index is down): a gauge
+/// for /metrics, written by the worker.
+pub type Backlog = Arc<std::sync::atomic::AtomicUsize>;
 
 /// Finishes one recording: archive, index, forget. Returns the recording
 /// when indexing must be retried.
@@ -84,14 +91,47 @@ pub async fn finish(archive: &Archive, db: &MetaDb, mut meta: RecordingMeta) -> 
     Ok(())
 }
 
-/// Writes a batch of running recordings' metadata to the spool, tells the
-/// core which saves are durable, then indexes them.
+/// Indexes snapshots of running recordings in the background, only the
+/// newest of each, so a slow or unreachable database never holds up the
+/// spool writes that calls wait for. A failed batch is only logged: the
+/// spool has it, and the final write carries everything.
+#[derive(Clone, Default)]
+struct ActiveIndexer {
+    pending: Arc<Mutex<HashMap<RecordingId, Box<RecordingMeta>>>>,
+    wake: Arc<Notify>,
+}
+
+impl ActiveIndexer {
+    fn push(&self, metas: impl IntoIterator<Item = Box<RecordingMeta>>) {
+        let mut pending = self.pending.lock().expect("indexer lock");
+        for m in metas {
+            pending.insert(m.id, m);
+        }
+        self.wake.notify_one();
+    }
+
+    async fn run(self, db: MetaDb) {
+        loop {
+            self.wake.notified().await;
+            let batch = std::mem::take(&mut *self.pending.lock().expect("indexer lock"));
+            if batch.is_empty() {
+                continue;
+            }
+            let metas: Vec<&RecordingMeta> = batch.values().map(AsRef::as_ref).collect();
+            if let Err(e) = db.upsert_many(&metas).await {
+                tracing::warn!(recordings = metas.len(), error = %e, "index update failed (kept in spool)");
+            }
+        }
+    }
+}
+
+/// Writes a batch of running recordings' metadata to the spool and tells
+/// the core which saves are durable. Returns the snapshots written.
 async fn save_active(
     archive: &Archive,
-    db: &MetaDb,
     acks: &mpsc::UnboundedSender<SaveAck>,
     saves: Vec<(Box<RecordingMeta>, u64)>,
-) {
+) -> Vec<Box<RecordingMeta>> {
     // Only the newest snapshot of each recording is written; its ack covers the older ones.
     let mut newest: Vec<(Box<RecordingMeta>, u64)> = Vec::with_capacity(saves.len());
     for (meta, seq) in saves {
@@ -117,24 +157,24 @@ async fn save_active(
             for (id, seq) in tickets {
                 let _ = acks.send(SaveAck { id, seq, result: Err("metadata save task failed".into()) });
             }
-            return;
+            return Vec::new();
         }
     };
-    for ((meta, seq), result) in newest.iter().zip(results) {
-        if let Err(e) = &result {
-            tracing::error!(recording = %meta.id, error = %e, "cannot save recording metadata");
+    let mut written = Vec::with_capacity(newest.len());
+    for ((meta, seq), result) in newest.into_iter().zip(results) {
+        match &result {
+            Ok(()) => written.push(meta.clone()),
+            Err(e) => tracing::error!(recording = %meta.id, error = %e, "cannot save recording metadata"),
         }
-        let _ = acks.send(SaveAck { id: meta.id, seq: *seq, result });
+        let _ = acks.send(SaveAck { id: meta.id, seq, result });
     }
-    let metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
-    if let Err(e) = db.upsert_many(&metas).await {
-        tracing::warn!(recordings = metas.len(), error = %e, "index update failed (kept in spool)");
-    }
+    written
 }
 
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<PersistJob>,
     acks: mpsc::UnboundedSender<SaveAck>,
+    backlog: Backlog,
     archive: Archive,
     db: MetaDb,
 ) {
@@ -144,6 +184,8 @@ pub async fn run(
     let mut retry: Vec<RecordingMeta> = Vec::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
     let concurrency = 4;
+    let indexer = ActiveIndexer::default();
+    let indexing = tokio::spawn(indexer.clone().run(db.clone()));
     let mut waiting: VecDeque<RecordingMeta> = VecDeque::new();
     loop {
         tokio::select! {
@@ -180,7 +222,7 @@ pub async fn run(
                     }
                 }
                 if !saves.is_empty() {
-                    save_active(&archive, &db, &acks, saves).await;
+                    indexer.push(save_active(&archive, &acks, saves).await);
                 }
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -199,6 +241,7 @@ pub async fn run(
             let (a, d) = (archive.clone(), db.clone());
             tasks.spawn(async move { finish(&a, &d, meta).await });
         }
+        backlog.store(waiting.len() + tasks.len() + retry.len(), std::sync::atomic::Ordering::Relaxed);
     }
     // Channel closed (shutdown): finish everything queued, one last try for retries.
     for meta in waiting.drain(..) {
@@ -215,4 +258,5 @@ pub async fn run(
             tracing::error!(recording = %meta.id, "left in the spool; the next start will finish it");
         }
     }
+    indexing.abort();
 }

@@ -229,3 +229,43 @@ fn too_little_free_space_refuses_calls_before_they_start() {
     let (code, _) = node.get("/health/live");
     assert_eq!(code, 200);
 }
+
+#[test]
+fn an_index_outage_delays_no_answer_and_is_caught_up() {
+    use sqlx::Connection;
+    let node = Node::start("index-outage");
+    // Another writer holds SQLite's write lock: every index write of the
+    // node waits its 5 s busy timeout and fails.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("sqlite://{}", node.dir.join("callvault.db").display());
+    let mut blocker = rt.block_on(sqlx::SqliteConnection::connect(&url)).unwrap();
+    rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker)).unwrap();
+
+    // Calls 0.5 s apart: each INVITE arrives while the index is stuck on
+    // the one before, and is still answered (the answer waits for the
+    // spool, never for the database).
+    let s = call(node.sip_udp, &["--calls", "3", "--concurrency", "3", "--rate", "2", "--duration", "1"]);
+    assert_eq!(s["established"], 3, "{s:#}");
+    let setup_max = s["calls"].as_array().unwrap().iter().map(|c| c["setup_ms"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(setup_max < 4000.0, "an answer waited for the database: {setup_max} ms");
+
+    // The finished recordings wait, visibly, for the index.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.metric("callvault_recordings_unarchived") < 3.0 {
+        assert!(Instant::now() < deadline, "backlog not visible; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.recordings("").iter().all(|r| r["state"] == "active"), "nothing final indexed yet");
+
+    // The database comes back: every recording is indexed, none lost.
+    rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = node.recordings("?state=completed").len();
+        if done == 3 && node.metric("callvault_recordings_unarchived") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of 3 indexed; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
