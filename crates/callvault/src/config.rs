@@ -87,6 +87,9 @@ pub struct StorageConfig {
     pub min_free_mib: u64,
     /// Seconds between storage health probes.
     pub probe_interval_secs: u64,
+    /// A new call whose metadata is not fsynced within this many ms is
+    /// refused with 503 (the 200 OK waits for it).
+    pub metadata_save_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -152,7 +155,7 @@ impl Default for HttpConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { min_free_mib: 256, probe_interval_secs: 5 }
+        StorageConfig { min_free_mib: 256, probe_interval_secs: 5, metadata_save_timeout_ms: 4000 }
     }
 }
 

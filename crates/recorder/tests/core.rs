@@ -698,3 +698,23 @@ fn storage_that_fails_or_stalls_refuses_with_503() {
     assert_eq!(h.rec.active_recordings(), 0);
     assert_eq!(h.rec.counters().invites_rejected.get(&503), Some(&2));
 }
+
+#[test]
+fn a_cancelled_fork_leg_leaves_the_other_recording() {
+    let mut h = Harness::new();
+    let near = "From: <sip:4062@cucm;x-nearend;x-refci=99;x-nearendaddr=4062;x-farendaddr=5550>;tag=n9";
+    let far = "From: <sip:4062@cucm;x-farend;x-refci=99;x-nearendaddr=4062;x-farendaddr=5550>;tag=f9";
+    let a = h.request_from(near, "INVITE", "near-9", 1, None, "", None, "");
+    assert_eq!(h.send(&a).codes(), vec![100, 200]);
+    h.held_saves = Some(Vec::new());
+    let b = h.request_from(far, "INVITE", "far-9", 1, None, "", None, "");
+    assert_eq!(h.send(&b).codes(), vec![100]);
+    let out = h.send(&cancel_of(&b));
+    let mut codes = out.codes();
+    codes.sort();
+    assert_eq!(codes, vec![200, 487]);
+    assert!(out.stop().is_none(), "the near leg still records");
+    assert!(out.media.iter().any(|m| matches!(m, MediaCommand::RemoveStream { .. })));
+    assert_eq!(h.rec.active_recordings(), 1);
+    assert_eq!(h.rec.active_legs(), 1);
+}

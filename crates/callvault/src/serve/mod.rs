@@ -187,6 +187,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     rcfg.min_session_expires = cfg.sip.min_session_expires_secs;
     rcfg.timers = TimerConfig { t1: Duration::from_millis(cfg.sip.t1_ms.max(1)), ..TimerConfig::default() };
     rcfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs);
+    rcfg.save_timeout = Duration::from_millis(cfg.storage.metadata_save_timeout_ms.max(1));
     let recorder = Recorder::new(rcfg, Box::new(pool));
     let (admin_tx, admin_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
