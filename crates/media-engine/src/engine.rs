@@ -561,7 +561,10 @@ impl Ingest {
                 push_dtmf(rec, &ev, &s.mapper, s.receiver.clock_rate(), s.channel, &mut self.local);
             }
             rec.streams.retain(|&i| i != idx);
-            rec.finished.push((s.local_port, s.receiver.stats.clone()));
+            let mut stats = s.receiver.stats.clone();
+            stats.reanchors = s.mapper.reanchors;
+            stats.timeline_shifts = s.mapper.drift_shifts;
+            rec.finished.push((s.local_port, stats));
         }
         self.local.finished_lost += s.receiver.stats.lost;
         add_stats(&mut self.local.finished, &s.receiver.stats);

@@ -34,6 +34,14 @@ pub struct StreamStats {
     /// Packets the sender says it sent (last RTCP SR), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_reported_packets: Option<u32>,
+    /// Times the stream was re-placed on the recording's timeline at a
+    /// packet's arrival (timestamp jump, SSRC change, a packet far early).
+    #[serde(default)]
+    pub reanchors: u32,
+    /// Times its placement followed a sustained change of transit delay or
+    /// settled on the least delayed packets (see the media crate's `PositionMapper`).
+    #[serde(default)]
+    pub timeline_shifts: u32,
 }
 
 impl StreamStats {
