@@ -531,38 +531,70 @@ fn answer_sdp(sh: &Shared, targets: &[Option<(SocketAddr, u8)>]) -> Vec<u8> {
 }
 
 async fn forked_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {
-    let a = &sh.args;
-    let refci = fastrand::u32(10_000_000..99_999_999);
-    let far_refci = fastrand::u32(10_000_000..99_999_999);
-    let mut legs = Vec::new();
-    let mut plans = Vec::new();
-    for (role, source) in [("x-nearend", sh.source_a.clone()), ("x-farend", sh.source_b.clone())] {
-        let mut leg = Leg::connect(sh.target, transport(a), sh.local_ip).await?;
-        let from = format!(
-            "\"{}\" <sip:{}@callvault.test;{role};x-refci={refci};x-nearenddevice=SEPCALLVAULT01;x-nearendaddr={};\
-             x-farendrefci={far_refci};x-farenddevice=callvault-far;x-farendaddr={}>",
-            a.caller_name, a.caller, a.caller, a.callee
-        );
-        leg.set_parties(&from, &format!("<sip:recorder@{}>", sh.target));
-        let Some(ok) = invite(sh, &mut leg, &[], None, out).await? else {
-            // Hang up the leg that did come up, so nothing dangles.
-            for l in legs.iter_mut() {
-                let l: &mut Leg = l;
-                let bye = l.request(Method::Bye, &[], None);
-                let _ = l.transact(bye, Duration::from_secs(4)).await;
-            }
-            return Ok(());
-        };
-        if ok.content_type().is_none_or(|t| !t.is("application/sdp")) {
-            bail!("recorder answered a delayed-offer INVITE without an SDP offer");
+    let refs = (fastrand::u32(10_000_000..99_999_999), fastrand::u32(10_000_000..99_999_999));
+    // Both legs at once, as a Cisco Built-in-Bridge sends them.
+    let (mut near_out, mut far_out) = (CallOutcome::default(), CallOutcome::default());
+    let (near, far) = tokio::join!(
+        forked_leg(sh, "x-nearend", sh.source_a.clone(), refs, &mut near_out),
+        forked_leg(sh, "x-farend", sh.source_b.clone(), refs, &mut far_out),
+    );
+    for leg_out in [&near_out, &far_out] {
+        out.call_ids.extend(leg_out.call_ids.iter().cloned());
+        out.setup_ms = out.setup_ms.into_iter().chain(leg_out.setup_ms).reduce(f64::max);
+        let failed = leg_out.status.is_some_and(|c| !(200..300).contains(&c));
+        if out.status.is_none() || (failed && out.reason.is_none()) {
+            out.status = leg_out.status;
+            out.reason = leg_out.reason.clone();
         }
-        let targets = media_targets(&ok.body, sh.codec)?;
-        let cseq = leg.cseq();
-        leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets)))).await?;
-        if let Some(Some((dest, pt))) = targets.first() {
-            plans.push(plan(sh, *dest, *pt, source, role == "x-nearend"));
-        }
-        legs.push(leg);
     }
-    talk(sh, key, &mut legs, plans, out).await
+    match (near, far) {
+        (Ok(Some((near, near_plan))), Ok(Some((far, far_plan)))) => {
+            let mut legs = vec![near, far];
+            let plans = near_plan.into_iter().chain(far_plan).collect();
+            talk(sh, key, &mut legs, plans, out).await
+        }
+        (near, far) => {
+            // Hang up the leg that did come up, so nothing dangles.
+            let mut error = None;
+            for result in [near, far] {
+                match result {
+                    Ok(Some((mut leg, _))) => {
+                        let bye = leg.request(Method::Bye, &[], None);
+                        let _ = leg.transact(bye, Duration::from_secs(4)).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => error = error.or(Some(e)),
+                }
+            }
+            error.map_or(Ok(()), Err)
+        }
+    }
+}
+
+/// One leg of a forked call: delayed-offer INVITE, answer in the ACK.
+/// `None` when the recorder refused it.
+async fn forked_leg(
+    sh: &Shared,
+    role: &str,
+    source: Source,
+    (refci, far_refci): (u32, u32),
+    out: &mut CallOutcome,
+) -> anyhow::Result<Option<(Leg, Option<StreamPlan>)>> {
+    let a = &sh.args;
+    let mut leg = Leg::connect(sh.target, transport(a), sh.local_ip).await?;
+    let from = format!(
+        "\"{}\" <sip:{}@callvault.test;{role};x-refci={refci};x-nearenddevice=SEPCALLVAULT01;x-nearendaddr={};\
+         x-farendrefci={far_refci};x-farenddevice=callvault-far;x-farendaddr={}>",
+        a.caller_name, a.caller, a.caller, a.callee
+    );
+    leg.set_parties(&from, &format!("<sip:recorder@{}>", sh.target));
+    let Some(ok) = invite(sh, &mut leg, &[], None, out).await? else { return Ok(None) };
+    if ok.content_type().is_none_or(|t| !t.is("application/sdp")) {
+        bail!("recorder answered a delayed-offer INVITE without an SDP offer");
+    }
+    let targets = media_targets(&ok.body, sh.codec)?;
+    let cseq = leg.cseq();
+    leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets)))).await?;
+    let plan = targets.first().copied().flatten().map(|(dest, pt)| plan(sh, dest, pt, source, role == "x-nearend"));
+    Ok(Some((leg, plan)))
 }
