@@ -210,6 +210,7 @@ impl MediaEngine {
     pub fn command(&self, cmd: MediaCommand) {
         let id = match &cmd {
             MediaCommand::Start { recording, .. }
+            | MediaCommand::Answered { recording }
             | MediaCommand::RemoveStream { recording, .. }
             | MediaCommand::Dtmf { recording, .. }
             | MediaCommand::Stop { recording, .. } => *recording,
@@ -415,6 +416,13 @@ impl Ingest {
                 self.start(now, recording, sample_rate, channels)
             }
             MediaCommand::AddStream(spec) => self.add_stream(now, spec),
+            MediaCommand::Answered { recording } => {
+                let rec = self.by_rec_id.get(&recording).and_then(|&r| self.recs[r].as_mut());
+                if let Some(rec) = rec.filter(|r| r.max_frame == 0 && r.timeline.committed() == 0) {
+                    rec.start = now;
+                    rec.next_commit = now + self.cfg.commit_interval;
+                }
+            }
             MediaCommand::UpdateStream(spec) => self.update_stream(now, spec),
             MediaCommand::RemoveStream { stream, .. } => {
                 if let Some(idx) = self.by_stream_id.get(&stream).copied() {

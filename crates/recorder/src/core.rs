@@ -136,6 +136,8 @@ struct Rec {
     labels: Vec<(Option<String>, u8)>,
     /// Number of the latest metadata save asked of the driver.
     save_seq: u64,
+    /// A leg was answered (the timeline started).
+    answered: bool,
 }
 
 /// The recording server's SIP transaction user. See the module docs.
@@ -298,6 +300,13 @@ impl Recorder {
                     let (Some(p), Some(tx)) = (leg.pending_answer.take(), leg.invite_tx) else { continue };
                     self.counters.invites_accepted += 1;
                     self.endpoint.respond(now.mono, tx, p.ok);
+                    let rec = self.recordings.get_mut(&id).expect("checked");
+                    if !rec.answered {
+                        // The recording starts with the call, not with the wait for the disk.
+                        rec.answered = true;
+                        rec.meta.started_at = now.wall;
+                        self.out.push_back(Output::Media(MediaCommand::Answered { recording: id }));
+                    }
                 }
                 Err(e) => {
                     let reason = format!("recording metadata could not be stored: {e}");
@@ -619,6 +628,7 @@ impl Recorder {
                         siprec: None,
                         labels: Vec::new(),
                         save_seq: 0,
+                        answered: false,
                     },
                 );
                 if let Some(f) = &fork {

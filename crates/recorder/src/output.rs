@@ -57,6 +57,12 @@ pub enum MediaCommand {
         started_at: OffsetDateTime,
     },
     AddStream(StreamSpec),
+    /// The call was answered: the timeline starts now, unless media
+    /// already arrived (the audio file was opened at the INVITE, so early
+    /// media is kept; the wait for the metadata fsync is not recorded).
+    Answered {
+        recording: RecordingId,
+    },
     /// New codecs, hold state or remote address for an existing stream.
     UpdateStream(StreamSpec),
     RemoveStream {

@@ -629,6 +629,8 @@ fn answer_waits_until_the_recording_is_stored() {
     let out = h.drain();
     assert_eq!(out.codes(), vec![200]);
     assert!(String::from_utf8_lossy(&out.last().body).contains("a=recvonly"));
+    // The timeline starts with the answer, not with the wait for the disk.
+    assert_eq!(out.media, vec![MediaCommand::Answered { recording: id }]);
     assert_eq!(h.rec.counters().invites_accepted, 1);
     // A late duplicate confirmation changes nothing.
     h.rec.saved(h.now, id, seq, Ok(()));
