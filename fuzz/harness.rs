@@ -45,7 +45,7 @@ pub fn rs_metadata(data: &[u8]) {
     if let Ok(md) = siprec::metadata::parse(data) {
         let mut merged = md.clone();
         merged.apply_update(md.clone());
-        let _ = merged.calling_participant();
+        let _ = siprec::metadata::calling_participant(&merged);
         let _ = merged.direction_hint();
         for s in &md.streams {
             if let Some(l) = &s.label {

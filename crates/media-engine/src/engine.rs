@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use media::wav::WavFormat;
 use media::{Codec, PositionMapper, Slack, Timeline};
+use media_control::{MediaCommand, MediaNotice, StreamId, StreamSpec};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use model::{DtmfRecord, RecordingId, RecordingMeta, StreamStats};
-use recorder::{MediaCommand, MediaNotice, StreamId, StreamSpec};
 use rtp_core::{Accept, DtmfDetector, ReceiverConfig, Slot, StreamReceiver};
 
 use crate::ports::PendingSockets;

@@ -6,7 +6,7 @@
 //!   no locks on the hot path) and the hand-off to [`writer`].
 //! - [`writer`]: appends committed audio and fdatasyncs it on a cadence.
 //!
-//! The engine takes [`recorder::MediaCommand`]s and reports
+//! The engine takes [`media_control::MediaCommand`]s and reports
 //! [`engine::EngineEvent`]s through a callback, so it does not depend on
 //! any async runtime.
 

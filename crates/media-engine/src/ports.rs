@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
-use recorder::{MediaPort, PortAllocator};
+use media_control::{MediaPort, PortAllocator};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bound sockets waiting for the engine, by RTP port.

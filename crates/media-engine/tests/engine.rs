@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use media::signal::{tone_power, Tone};
 use media::Codec;
+use media_control::{MediaCommand, PortAllocator, StreamId, StreamSpec};
 use media_engine::{EngineConfig, EngineEvent, MediaEngine, UdpPortPool};
 use model::{NodeId, RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
-use recorder::{MediaCommand, PortAllocator, StreamId, StreamSpec};
 use store::{Archive, DataDir};
 use time::OffsetDateTime;
 

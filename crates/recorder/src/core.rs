@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use media::Codec;
+use media_control::{MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec};
 use model::{RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
@@ -31,9 +32,8 @@ use siprec::{classify_body, RecordingBody, ACCEPTED_BODIES};
 use time::OffsetDateTime;
 
 use crate::config::RecorderConfig;
-use crate::output::{MediaCommand, MediaNotice, Output, RecordingEvent, StreamId, StreamSpec};
+use crate::output::{Output, RecordingEvent};
 use crate::participants::{self, CallParties};
-use crate::ports::{MediaPort, PortAllocator};
 
 /// The two clocks every input carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

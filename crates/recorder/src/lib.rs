@@ -15,9 +15,10 @@ pub mod config;
 mod core;
 pub mod output;
 pub mod participants;
-pub mod ports;
 
 pub use crate::core::{Counters, Now, Recorder};
 pub use config::RecorderConfig;
-pub use output::{MediaCommand, MediaNotice, Output, RecordingEvent, StreamId, StreamSpec};
-pub use ports::{BookkeepingAllocator, MediaPort, PortAllocator};
+pub use media_control::{
+    BookkeepingAllocator, MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec,
+};
+pub use output::{Output, RecordingEvent};

@@ -27,7 +27,7 @@ fn label_of(p: &Participant) -> Option<String> {
 
 /// From SIPREC metadata; `labels` maps each accepted stream's label to its channel.
 pub fn from_metadata(md: &Metadata, labels: &[(Option<String>, u8)]) -> CallParties {
-    let calling = md.calling_participant().map(|p| p.id.clone());
+    let calling = siprec::metadata::calling_participant(md).map(|p| p.id.clone());
     let mut participants: Vec<Participant> = md
         .participants
         .iter()

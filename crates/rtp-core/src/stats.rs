@@ -1,59 +1,6 @@
 //! Per-stream receive statistics (RFC 3550 §6.4.1 and §A.8 definitions).
 
-use serde::{Deserialize, Serialize};
-
-/// Counters and estimates of one received stream.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StreamStats {
-    /// RTP packets accepted (after latching, parse and duplicate checks).
-    pub packets: u64,
-    pub bytes: u64,
-    /// Packets the sender's sequence numbers say should have arrived.
-    pub expected: u64,
-    /// `expected - packets`, never negative.
-    pub lost: u64,
-    pub duplicates: u64,
-    /// Packets that arrived after the reorder window had moved on.
-    pub late: u64,
-    /// Packets that were not RTP or not for this stream's codecs.
-    pub malformed: u64,
-    pub unknown_payload: u64,
-    /// Packets from an address other than the latched source.
-    pub foreign: u64,
-    pub ssrc_changes: u32,
-    /// Packets dropped for a sequence number far from the stream's.
-    #[serde(default)]
-    pub sequence_jumps: u64,
-    /// Sender restarts (jumps confirmed by a second packet).
-    #[serde(default)]
-    pub sequence_restarts: u32,
-    /// Interarrival jitter estimate in milliseconds.
-    pub jitter_ms: f64,
-    pub max_jitter_ms: f64,
-    pub rtcp_packets: u64,
-    /// Packets the sender says it sent (last RTCP SR), when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sender_reported_packets: Option<u32>,
-    /// Times the stream was re-placed on the recording's timeline at a
-    /// packet's arrival (timestamp jump, SSRC change, a packet far early).
-    #[serde(default)]
-    pub reanchors: u32,
-    /// Times its placement followed a sustained change of transit delay or
-    /// settled on the least delayed packets (see the media crate's `PositionMapper`).
-    #[serde(default)]
-    pub timeline_shifts: u32,
-}
-
-impl StreamStats {
-    /// Loss as a fraction of expected packets.
-    pub fn loss_fraction(&self) -> f64 {
-        if self.expected == 0 {
-            0.0
-        } else {
-            self.lost as f64 / self.expected as f64
-        }
-    }
-}
+pub use model::StreamStats;
 
 /// RFC 3550 §A.8 interarrival jitter estimator.
 #[derive(Debug, Clone, Default)]

@@ -43,7 +43,7 @@ proptest! {
             let mut base = md.clone();
             base.apply_update(md);
             let _ = base.sender_of_label("1");
-            let _ = base.calling_participant();
+            let _ = siprec::metadata::calling_participant(&base);
         }
     }
 

@@ -63,7 +63,7 @@ fn acme_draft_dialect() {
     assert_eq!(sd.streams.iter().map(|s| s.label.clone().unwrap()).collect::<Vec<_>>(), vec!["16777227", "16777228"]);
     assert_eq!(sender_aor(&md, "16777227").as_deref(), Some("sip:9000@192.0.2.102"));
     assert_eq!(sender_aor(&md, "16777228").as_deref(), Some("sip:1002@192.0.2.10"));
-    assert_eq!(md.calling_participant().and_then(|p| p.name.as_deref()), Some("1002"));
+    assert_eq!(metadata::calling_participant(&md).and_then(|p| p.name.as_deref()), Some("1002"));
     assert_eq!(md.participants[0].sessions, vec!["S1sessionAcme==".to_owned()]);
 }
 
@@ -89,7 +89,7 @@ fn broadworks_legacy_schema() {
     assert_eq!(md.streams[0].mode.as_deref(), Some("mixed"));
     assert_eq!(md.direction_hint(), Some("inbound"));
     assert_eq!(
-        md.calling_participant().and_then(|p| p.aor.as_deref()),
+        metadata::calling_participant(&md).and_then(|p| p.aor.as_deref()),
         Some("sip:+19015783200@broadworks.example;user=phone")
     );
     assert_eq!(md.extensions.len(), 1);
