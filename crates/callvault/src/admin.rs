@@ -162,7 +162,7 @@ pub fn complete(cfg: Config, id: &str) -> anyhow::Result<()> {
                 OffsetDateTime::now_utc(),
                 "completed by administrator (node not running)",
             );
-            if crate::serve::persist::finish(&archive, &db, meta).await.is_err() {
+            if crate::serve::persist::finish_all(&archive, &db, vec![meta]).await > 0 {
                 bail!("could not archive recording {rid}; see the log");
             }
             db.close().await;

@@ -90,6 +90,9 @@ pub struct StorageConfig {
     /// A new call whose metadata is not fsynced within this many ms is
     /// refused with 503 (the 200 OK waits for it).
     pub metadata_save_timeout_ms: u64,
+    /// New calls are refused (503 "Storage too slow") while more audio
+    /// than this waits for the disk, MiB; taken again below half of it.
+    pub max_write_backlog_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,7 +158,12 @@ impl Default for HttpConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { min_free_mib: 256, probe_interval_secs: 5, metadata_save_timeout_ms: 4000 }
+        StorageConfig {
+            min_free_mib: 256,
+            probe_interval_secs: 5,
+            metadata_save_timeout_ms: 4000,
+            max_write_backlog_mib: 64,
+        }
     }
 }
 

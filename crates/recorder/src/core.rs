@@ -22,8 +22,8 @@ use media_control::{MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamI
 use model::{RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
-    Endpoint, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response, SipError, StatusCode,
-    Transport, TxId, Uri,
+    Endpoint, EndpointSizes, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response, SipError,
+    StatusCode, Transport, TxId, Uri,
 };
 use siprec::forked::{ForkedLeg, LegRole};
 use siprec::metadata::{self, Metadata};
@@ -61,6 +61,25 @@ pub struct Counters {
     pub byes_sent: u64,
     /// INVITEs the source cancelled before we answered.
     pub invites_cancelled: u64,
+}
+
+/// How many entries each per-call structure of a [`Recorder`] holds (its
+/// endpoint's included): all zero once every call has ended and every
+/// timer has fired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RecorderSizes {
+    pub legs: usize,
+    pub legs_by_call: usize,
+    pub recordings: usize,
+    pub fork_links: usize,
+    pub outputs: usize,
+    pub endpoint: EndpointSizes,
+}
+
+impl RecorderSizes {
+    pub fn is_empty(&self) -> bool {
+        *self == RecorderSizes::default()
+    }
 }
 
 type LegKey = (String, String);
@@ -151,6 +170,8 @@ pub struct Recorder {
     fork_links: HashMap<String, RecordingId>,
     next_stream: u64,
     storage_ok: bool,
+    /// The disk is too far behind the audio to take more calls.
+    storage_slow: bool,
     draining: bool,
     counters: Counters,
     out: VecDeque<Output>,
@@ -175,6 +196,7 @@ impl Recorder {
             fork_links: HashMap::new(),
             next_stream: 1,
             storage_ok: true,
+            storage_slow: false,
             draining: false,
             counters: Counters::default(),
             out: VecDeque::new(),
@@ -188,6 +210,15 @@ impl Recorder {
     /// Storage health as probed by the driver; unhealthy storage refuses calls with 503.
     pub fn set_storage_ok(&mut self, ok: bool) {
         self.storage_ok = ok;
+    }
+
+    /// The driver's audio writer is behind: new calls get 503 until it catches up.
+    pub fn set_storage_slow(&mut self, slow: bool) {
+        self.storage_slow = slow;
+    }
+
+    pub fn is_storage_slow(&self) -> bool {
+        self.storage_slow
     }
 
     /// Drain mode: refuse new calls (503), finish the ones in progress.
@@ -205,6 +236,8 @@ impl Recorder {
             Err("Draining")
         } else if !self.storage_ok {
             Err("Storage unavailable")
+        } else if self.storage_slow {
+            Err("Storage too slow")
         } else if self.cfg.max_calls > 0 && self.recordings.len() >= self.cfg.max_calls {
             Err("Call limit reached")
         } else {
@@ -231,6 +264,23 @@ impl Recorder {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Sizes of every per-call map and queue, the endpoint's included.
+    pub fn sizes(&self) -> RecorderSizes {
+        RecorderSizes {
+            legs: self.legs.len(),
+            legs_by_call: self.legs_by_call.len(),
+            recordings: self.recordings.len(),
+            fork_links: self.fork_links.len(),
+            outputs: self.out.len(),
+            endpoint: self.endpoint.sizes(),
+        }
+    }
+
+    /// Server transactions dropped unanswered (a bug if ever non-zero).
+    pub fn unanswered_transactions(&self) -> u64 {
+        self.endpoint.unanswered()
     }
 
     pub fn responses_sent(&self) -> &BTreeMap<u16, u64> {

@@ -16,7 +16,7 @@ mod core;
 pub mod output;
 pub mod participants;
 
-pub use crate::core::{Counters, Now, Recorder};
+pub use crate::core::{Counters, Now, Recorder, RecorderSizes};
 pub use config::RecorderConfig;
 pub use media_control::{
     BookkeepingAllocator, MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec,

@@ -252,6 +252,27 @@ pub struct Endpoint {
     out: VecDeque<Output>,
     /// Responses sent (first transmissions only), by status code.
     responses_sent: BTreeMap<u16, u64>,
+    /// Server transactions the TU never answered, dropped after 64·T1.
+    unanswered: u64,
+}
+
+/// How many entries each per-transaction structure of an [`Endpoint`]
+/// holds: all zero once every transaction has ended and its timers fired.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSizes {
+    pub server: usize,
+    pub server_index: usize,
+    pub accepted_by_call: usize,
+    pub client: usize,
+    pub client_index: usize,
+    pub timers: usize,
+    pub outputs: usize,
+}
+
+impl EndpointSizes {
+    pub fn is_empty(&self) -> bool {
+        *self == EndpointSizes::default()
+    }
 }
 
 impl Endpoint {
@@ -274,6 +295,7 @@ impl Endpoint {
             timer_seq: 0,
             out: VecDeque::new(),
             responses_sent: BTreeMap::new(),
+            unanswered: 0,
         }
     }
 
@@ -295,6 +317,24 @@ impl Endpoint {
     /// Number of live transactions (server, client), for metrics and tests.
     pub fn transaction_count(&self) -> (usize, usize) {
         (self.server.len(), self.client.len())
+    }
+
+    /// Sizes of every per-transaction map and queue.
+    pub fn sizes(&self) -> EndpointSizes {
+        EndpointSizes {
+            server: self.server.len(),
+            server_index: self.server_index.len(),
+            accepted_by_call: self.accepted_by_call.len(),
+            client: self.client.len(),
+            client_index: self.client_index.len(),
+            timers: self.timers.len(),
+            outputs: self.out.len(),
+        }
+    }
+
+    /// Server transactions dropped because the TU never answered them.
+    pub fn unanswered(&self) -> u64 {
+        self.unanswered
     }
 
     /// Responses sent so far by status code (retransmissions not counted).
@@ -461,10 +501,12 @@ impl Endpoint {
             last_response: None,
             retransmit_at: None,
             retransmit_interval: self.timers_cfg.t1,
-            timeout_at: None,
+            // A TU that never answers must not keep the transaction for ever.
+            timeout_at: Some(now + self.timers_cfg.t1 * 64),
         };
         self.server.insert(id, tx);
         self.server_index.insert(key, id);
+        self.schedule(now + self.timers_cfg.t1 * 64, TimerRef::Server(id));
         if req.method == Method::Invite {
             let trying = Response::to_request(&req, StatusCode::TRYING, "Trying", None);
             self.send_response_on(now, id, trying);
@@ -747,9 +789,13 @@ impl Endpoint {
             return;
         };
         if tx.timeout_at.is_some_and(|at| at <= now) {
-            if let ServerState::Accepted { ack_seen: false } = tx.state {
-                let call_id = tx.call_id.clone();
-                self.emit(Event::AckTimeout { tx: id, call_id });
+            match tx.state {
+                ServerState::Accepted { ack_seen: false } => {
+                    let call_id = tx.call_id.clone();
+                    self.emit(Event::AckTimeout { tx: id, call_id });
+                }
+                ServerState::Trying | ServerState::Proceeding => self.unanswered += 1,
+                _ => {}
             }
             self.remove_server(id);
         }

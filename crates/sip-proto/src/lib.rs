@@ -14,7 +14,9 @@ mod method;
 mod status;
 pub mod uri;
 
-pub use endpoint::{ClientTxId, ConnId, Endpoint, Event, Output, Peer, TimerConfig, Transmit, Transport, TxId};
+pub use endpoint::{
+    ClientTxId, ConnId, Endpoint, EndpointSizes, Event, Output, Peer, TimerConfig, Transmit, Transport, TxId,
+};
 pub use error::{ParseError, SipError};
 pub use header::{Headers, MediaType, Params};
 pub use message::{frame, parse, CSeq, Framing, HeaderAccess, Message, Request, RequestEssentials, Response};

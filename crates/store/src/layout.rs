@@ -133,9 +133,27 @@ pub fn durable_write_all(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Vec<io::Re
     results
 }
 
+/// Writes `data` to a temporary file and renames it over `path`: readers
+/// see the old or the new content, never half; durable only after a
+/// [`sync_filesystem`] (for batches that share one sync).
+pub fn replace_unsynced(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+/// One `syncfs(2)`: everything written on the filesystem holding `path`
+/// (file data, renames, directory entries) is on disk when it returns.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    rustix::fs::syncfs(&f).map_err(io::Error::from)
+}
+
 /// Writes `data` to a synced temporary file and renames it over `path`;
 /// durable once the directory is synced.
 fn replace_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+fn replace(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -146,7 +164,9 @@ fn replace_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

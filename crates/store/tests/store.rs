@@ -54,7 +54,7 @@ fn finished_recording_moves_to_archive_with_checksum() {
     let archive = Archive::new(dir.clone());
     let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
     let mut m = meta(t, "+15550100");
-    archive.save_active(&m).unwrap();
+    archive.save_spool(&m).unwrap();
     write_spool_wav(&dir, m.id, 8000, false);
     m.transition(RecordingState::Completed, t + time::Duration::seconds(1), "BYE");
     archive.finalize(&mut m).unwrap();
@@ -84,7 +84,7 @@ fn recovery_interrupts_active_recordings_and_keeps_audio() {
     let archive = Archive::new(dir.clone());
     let t = OffsetDateTime::now_utc();
     let m = meta(t, "+15550100");
-    archive.save_active(&m).unwrap();
+    archive.save_spool(&m).unwrap();
     write_spool_wav(&dir, m.id, 4000, true);
     // Audio whose JSON never made it, and a leftover temp file.
     let orphan = RecordingId::new(t);

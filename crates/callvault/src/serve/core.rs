@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use media_engine::{MediaEngine, StatsSnapshot};
 use model::{RecordingId, RecordingMeta};
-use recorder::{Counters, MediaNotice, Now, Output, Recorder};
+use recorder::{Counters, MediaNotice, Now, Output, Recorder, RecordingEvent};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -39,6 +39,9 @@ pub struct NodeStatus {
     pub media: StatsSnapshot,
     /// Ended recordings not yet archived and indexed.
     pub unarchived: usize,
+    /// SIP transactions in progress (server + client).
+    pub sip_transactions: usize,
+    pub unanswered_transactions: u64,
 }
 
 pub fn now() -> Now {
@@ -55,6 +58,8 @@ pub struct CoreTask {
     pub persist: mpsc::UnboundedSender<PersistJob>,
     pub saved: mpsc::UnboundedReceiver<SaveAck>,
     pub backlog: Backlog,
+    /// Audio bytes waiting for the disk above which new calls are refused.
+    pub max_write_backlog: u64,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -129,6 +134,11 @@ impl CoreTask {
                             responses: self.recorder.responses_sent().clone(),
                             media: self.engine.stats(),
                             unarchived: self.backlog.load(std::sync::atomic::Ordering::Relaxed),
+                            sip_transactions: {
+                                let e = self.recorder.sizes().endpoint;
+                                e.server + e.client
+                            },
+                            unanswered_transactions: self.recorder.unanswered_transactions(),
                         });
                     }
                     AdminCmd::Active(reply) => {
@@ -144,6 +154,7 @@ impl CoreTask {
                 _ = self.shutdown.changed() => break,
             }
             self.dispatch();
+            self.watch_write_backlog();
         }
         // Graceful stop: every call ends (BYE), every recording is closed.
         let active = self.recorder.active_recordings();
@@ -158,13 +169,28 @@ impl CoreTask {
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     }
 
+    /// New calls wait while the disk is behind the audio (hysteresis: taken
+    /// again below half the limit), so memory does not grow with the lag.
+    fn watch_write_backlog(&mut self) {
+        let behind = self.engine.stats().writer_backlog_bytes;
+        let slow = self.recorder.is_storage_slow();
+        if !slow && behind > self.max_write_backlog {
+            tracing::warn!(bytes = behind, "audio writes are behind the disk: refusing new calls until it catches up");
+            self.recorder.set_storage_slow(true);
+        } else if slow && behind < self.max_write_backlog / 2 {
+            tracing::info!(bytes = behind, "audio writes caught up: taking new calls again");
+            self.recorder.set_storage_slow(false);
+        }
+    }
+
     fn dispatch(&mut self) {
         while let Some(o) = self.recorder.poll_output() {
             match o {
                 Output::Transmit(t) => self.transports.send(t),
                 Output::Media(cmd) => self.engine.command(cmd),
                 Output::Recording { event, seq } => {
-                    let _ = self.persist.send(PersistJob::Active { meta: event.into_meta(), seq });
+                    let first = matches!(event, RecordingEvent::Started(_));
+                    let _ = self.persist.send(PersistJob::Active { meta: event.into_meta(), seq, first });
                 }
             }
         }

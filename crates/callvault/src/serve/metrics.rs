@@ -101,6 +101,18 @@ impl Collector for StatusCollector {
             s.counters.malformed_messages,
         )?;
         counter(&mut enc, "callvault_sip_byes_sent", "BYEs sent by the recorder", s.counters.byes_sent)?;
+        gauge(
+            &mut enc,
+            "callvault_sip_transactions",
+            "SIP transactions in progress (server and client; each lasts at most 64*T1 after its answer)",
+            s.sip_transactions as i64,
+        )?;
+        counter(
+            &mut enc,
+            "callvault_sip_transactions_unanswered",
+            "Requests never answered by the recorder, dropped after 64*T1 (a bug if not zero)",
+            s.unanswered_transactions,
+        )?;
         counter(&mut enc, "callvault_rtp_packets", "RTP packets accepted", m.packets)?;
         counter(&mut enc, "callvault_rtp_bytes", "RTP bytes accepted", m.bytes)?;
         counter(&mut enc, "callvault_rtp_lost_packets", "RTP packets missing from sequence numbers", m.lost)?;
@@ -127,6 +139,12 @@ impl Collector for StatusCollector {
         counter(&mut enc, "callvault_rtcp_packets", "RTCP packets read", m.rtcp_packets)?;
         counter(&mut enc, "callvault_dtmf_events", "DTMF key presses recorded", m.dtmf_events)?;
         gauge(&mut enc, "callvault_media_streams", "RTP streams being received", m.active_streams as i64)?;
+        gauge(
+            &mut enc,
+            "callvault_audio_write_backlog_bytes",
+            "Committed audio waiting for the disk (new calls are refused above storage.max_write_backlog_mib)",
+            m.writer_backlog_bytes as i64,
+        )?;
         Ok(())
     }
 }

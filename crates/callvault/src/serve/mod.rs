@@ -45,14 +45,10 @@ pub async fn recover(archive: &Archive, db: &MetaDb, node: &NodeId) -> anyhow::R
     let now = OffsetDateTime::now_utc();
     let a = archive.clone();
     let n = node.clone();
-    let found = tokio::task::spawn_blocking(move || a.recover(&n, now)).await??;
-    let mut recovered = std::collections::HashSet::new();
-    for meta in found {
-        recovered.insert(meta.id);
-        tracing::warn!(recording = %meta.id, state = %meta.state, "finishing recording left by the previous run");
-        if let Err(meta) = persist::finish(archive, db, meta).await {
-            tracing::error!(recording = %meta.id, "could not finish recovered recording; it stays in the spool");
-        }
+    let mut found = tokio::task::spawn_blocking(move || a.recover(&n, now)).await??;
+    let recovered: std::collections::HashSet<_> = found.iter().map(|m| m.id).collect();
+    for meta in &found {
+        tracing::warn!(recording = %meta.id, state = %meta.state, reason = meta.reason().unwrap_or(""), "finishing recording left by the previous run");
     }
     // Index rows still active without spool files: their audio is gone or
     // was archived before a crash; close them so nothing stays active.
@@ -62,13 +58,15 @@ pub async fn recover(archive: &Archive, db: &MetaDb, node: &NodeId) -> anyhow::R
         }
         if let Some(mut meta) = db.get(id).await? {
             meta.transition(RecordingState::Interrupted, now, "recorder restarted; no audio left in the spool");
-            recovered.insert(id);
-            if let Err(meta) = persist::finish(archive, db, meta).await {
-                tracing::error!(recording = %meta.id, "could not close stale index entry");
-            }
+            found.push(meta);
         }
     }
-    Ok(recovered.len())
+    let total = found.len();
+    let failed = persist::finish_all(archive, db, found).await;
+    if failed > 0 {
+        tracing::error!(failed, "recordings could not be finished; they stay in the spool for the next start");
+    }
+    Ok(total)
 }
 
 fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<(), String> {
@@ -194,6 +192,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let backlog = persist::Backlog::default();
     let core = CoreTask {
         backlog: backlog.clone(),
+        max_write_backlog: cfg.storage.max_write_backlog_mib.saturating_mul(1024 * 1024),
         recorder,
         engine,
         transports,

@@ -6,10 +6,17 @@
 //!   database never delays an answer; its errors are only logged, the
 //!   final write carries everything anyway. Saves waiting together share
 //!   one directory fsync and one database commit.
-//! - `Closed`: the engine has flushed the audio; archive it (header,
-//!   checksum, move, final JSON), index it, then drop the spool JSON. If
-//!   the index is unreachable the recording waits in a retry list (and in
-//!   the spool, so a restart also finds it) until the database is back.
+//! - `Closed`: the engine has flushed the audio; the recording waits to
+//!   be archived, in batches ([`archive_batch`]): header, checksum, move
+//!   and final JSON made durable by one filesystem sync per batch, one
+//!   database commit, then the spool entries go. While the archive keeps
+//!   up, an ended recording waits in memory for the next batch (less than
+//!   a second). When it does not (a burst, a slow disk, the index down),
+//!   or when a recording failed (its reason must survive a restart), the
+//!   final metadata is written to the spool JSON and only its id waits:
+//!   the spool is the durable queue of the archive, memory stays bounded
+//!   (at most [`MEMORY_QUEUE`] recordings), and a restart finds every
+//!   waiting recording with its real end.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,9 +31,11 @@ use tokio::task::JoinSet;
 #[derive(Debug)]
 pub enum PersistJob {
     /// Save `meta` of a running recording; acknowledge `seq` to the core.
+    /// `first` marks the save that starts the recording.
     Active {
         meta: Box<RecordingMeta>,
         seq: u64,
+        first: bool,
     },
     Closed {
         meta: Box<RecordingMeta>,
@@ -44,51 +53,114 @@ pub struct SaveAck {
 
 /// Most saves written with one directory fsync and one commit.
 const SAVE_BATCH: usize = 256;
+/// Most recordings archived with one sync per directory and one commit.
+const ARCHIVE_BATCH: usize = 256;
+/// Archive batches in flight: one, so archiving never takes the disk from
+/// the saves that calls being set up wait for.
+const ARCHIVE_CONCURRENCY: usize = 1;
 
 /// Recordings that ended but are not yet archived and indexed (queued,
 /// in progress, or waiting to retry because the index is down): a gauge
 /// for /metrics, written by the worker.
 pub type Backlog = Arc<std::sync::atomic::AtomicUsize>;
 
-/// Finishes one recording: archive, index, forget. Returns the recording
-/// when indexing must be retried.
-pub async fn finish(archive: &Archive, db: &MetaDb, mut meta: RecordingMeta) -> Result<(), RecordingMeta> {
+/// Ended recordings waiting in memory at most; beyond, they wait in the spool.
+pub const MEMORY_QUEUE: usize = 1024;
+
+/// A recording that ended and waits to be archived.
+#[derive(Debug)]
+pub enum Ended {
+    /// Final metadata in memory only (the spool JSON is the last running snapshot).
+    InMemory(Box<RecordingMeta>),
+    /// Final metadata in the spool JSON.
+    Spooled(RecordingId),
+}
+
+/// Archives and indexes ended recordings, then forgets their spool
+/// entries. Returns those to try again later (the index or the disk
+/// failed), with their metadata; every step is idempotent, so a retry or a
+/// crash half-way repeats nothing harmful.
+pub async fn archive_batch(archive: &Archive, db: &MetaDb, items: Vec<Ended>) -> Vec<RecordingMeta> {
+    if items.is_empty() {
+        return Vec::new();
+    }
     let a = archive.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let r = a.finalize(&mut meta);
-        (meta, r)
+    let finalized = tokio::task::spawn_blocking(move || {
+        let mut metas = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Ended::InMemory(m) => metas.push(*m),
+                Ended::Spooled(id) => match a.load_spool(id) {
+                    Ok(m) => metas.push(m),
+                    // Archived and forgotten already (a repeated batch).
+                    Err(store::ArchiveError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::error!(recording = %id, error = %e, "spool metadata unreadable; left for recovery at the next start");
+                    }
+                },
+            }
+        }
+        let results = a.finalize_all(&mut metas);
+        let (mut done, mut retry) = (Vec::with_capacity(metas.len()), Vec::new());
+        for (meta, r) in metas.into_iter().zip(results) {
+            match r {
+                Ok(()) => done.push(meta),
+                Err(e) => {
+                    tracing::error!(recording = %meta.id, error = %e, "archiving failed; will retry");
+                    retry.push(meta);
+                }
+            }
+        }
+        (done, retry)
     })
     .await;
-    let meta = match result {
-        Ok((meta, Ok(()))) => meta,
-        Ok((meta, Err(e))) => {
-            tracing::error!(recording = %meta.id, error = %e, "archiving failed; will retry");
-            return Err(meta);
-        }
+    let (done, mut retry) = match finalized {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "archiving task panicked");
-            return Ok(());
+            // The batch is lost from memory; the spool still has every recording for the next start.
+            tracing::error!(error = %e, "archiving task failed");
+            return Vec::new();
         }
     };
-    if let Err(e) = db.upsert(&meta).await {
-        tracing::warn!(recording = %meta.id, error = %e, "index unavailable; will retry");
-        return Err(meta);
+    if done.is_empty() {
+        return retry;
+    }
+    let refs: Vec<&RecordingMeta> = done.iter().collect();
+    if let Err(e) = db.upsert_many(&refs).await {
+        tracing::warn!(recordings = done.len(), error = %e, "index unavailable; will retry");
+        retry.extend(done);
+        return retry;
     }
     let a = archive.clone();
-    let id = meta.id;
-    match tokio::task::spawn_blocking(move || a.forget_spool(id)).await {
+    let ids: Vec<RecordingId> = done.iter().map(|m| m.id).collect();
+    match tokio::task::spawn_blocking(move || a.forget_spool_all(&ids)).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(recording = %id, error = %e, "could not remove spool metadata"),
-        Err(e) => tracing::warn!(error = %e, "spool cleanup task panicked"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not remove spool metadata (the next start tidies it)"),
+        Err(e) => tracing::warn!(error = %e, "spool cleanup task failed"),
     }
-    tracing::info!(
-        recording = %meta.id,
-        state = %meta.state,
-        reason = meta.reason().unwrap_or(""),
-        duration_ms = meta.duration_ms,
-        "recording archived"
-    );
-    Ok(())
+    for meta in &done {
+        tracing::info!(
+            recording = %meta.id,
+            state = %meta.state,
+            reason = meta.reason().unwrap_or(""),
+            duration_ms = meta.duration_ms,
+            "recording archived"
+        );
+    }
+    retry
+}
+
+/// Finishes recordings whose final metadata is only in memory (recovery,
+/// offline completion). Returns how many could not be finished (they stay
+/// in the spool for the next start).
+pub async fn finish_all(archive: &Archive, db: &MetaDb, metas: Vec<RecordingMeta>) -> usize {
+    let mut failed = 0;
+    let mut items: Vec<Ended> = metas.into_iter().map(|m| Ended::InMemory(Box::new(m))).collect();
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(ARCHIVE_BATCH));
+        failed += archive_batch(archive, db, std::mem::replace(&mut items, rest)).await.len();
+    }
+    failed
 }
 
 /// Indexes snapshots of running recordings in the background, only the
@@ -110,6 +182,11 @@ impl ActiveIndexer {
         self.wake.notify_one();
     }
 
+    /// A recording that ended needs no snapshot indexed any more.
+    fn forget(&self, id: RecordingId) {
+        self.pending.lock().expect("indexer lock").remove(&id);
+    }
+
     async fn run(self, db: MetaDb) {
         loop {
             self.wake.notified().await;
@@ -125,13 +202,16 @@ impl ActiveIndexer {
     }
 }
 
-/// Writes a batch of running recordings' metadata to the spool and tells
-/// the core which saves are durable. Returns the snapshots written.
-async fn save_active(
+/// One spool write: snapshots of running recordings (acknowledged to the
+/// core) and final metadata of ended ones, with one directory fsync.
+/// Returns the snapshots written (for the index) and whether each ended
+/// recording was written (in order).
+async fn save_spool(
     archive: &Archive,
     acks: &mpsc::UnboundedSender<SaveAck>,
     saves: Vec<(Box<RecordingMeta>, u64)>,
-) -> Vec<Box<RecordingMeta>> {
+    ended: &[RecordingMeta],
+) -> (Vec<Box<RecordingMeta>>, Vec<bool>) {
     // Only the newest snapshot of each recording is written; its ack covers the older ones.
     let mut newest: Vec<(Box<RecordingMeta>, u64)> = Vec::with_capacity(saves.len());
     for (meta, seq) in saves {
@@ -143,23 +223,26 @@ async fn save_active(
     }
     let a = archive.clone();
     let tickets: Vec<(RecordingId, u64)> = newest.iter().map(|(m, seq)| (m.id, *seq)).collect();
+    let ended_owned = ended.to_vec();
     let joined = tokio::task::spawn_blocking(move || {
-        let metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
+        let mut metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
+        metas.extend(ended_owned.iter());
         let results: Vec<Result<(), String>> =
-            a.save_active_all(&metas).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+            a.save_spool_all(&metas).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
         (newest, results)
     })
     .await;
-    let (newest, results) = match joined {
+    let (newest, mut results) = match joined {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "metadata save task failed");
             for (id, seq) in tickets {
                 let _ = acks.send(SaveAck { id, seq, result: Err("metadata save task failed".into()) });
             }
-            return Vec::new();
+            return (Vec::new(), vec![false; ended.len()]);
         }
     };
+    let ended_results = results.split_off(newest.len());
     let mut written = Vec::with_capacity(newest.len());
     for ((meta, seq), result) in newest.into_iter().zip(results) {
         match &result {
@@ -168,7 +251,18 @@ async fn save_active(
         }
         let _ = acks.send(SaveAck { id: meta.id, seq, result });
     }
-    written
+    let ended_ok = ended
+        .iter()
+        .zip(ended_results)
+        .map(|(m, r)| match r {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(recording = %m.id, error = %e, "cannot save final metadata; will retry");
+                false
+            }
+        })
+        .collect();
+    (written, ended_ok)
 }
 
 pub async fn run(
@@ -178,28 +272,44 @@ pub async fn run(
     archive: Archive,
     db: MetaDb,
 ) {
-    let mut closed: HashSet<RecordingId> = HashSet::new();
-    let mut closed_order: VecDeque<RecordingId> = VecDeque::new();
-    let mut tasks: JoinSet<Result<(), RecordingMeta>> = JoinSet::new();
-    let mut retry: Vec<RecordingMeta> = Vec::new();
+    // Recordings between their first save and their close: a snapshot of
+    // any other (one that would land after the close) is dropped, so no
+    // spool entry is written for a recording already archived. Bounded by
+    // the calls in progress.
+    let mut running: HashSet<RecordingId> = HashSet::new();
+    // Ended recordings to archive, in order; `in_memory` counts those whose
+    // metadata is held here (at most MEMORY_QUEUE), the rest are in the spool.
+    let mut waiting: VecDeque<Ended> = VecDeque::new();
+    let mut in_memory = 0usize;
+    // Ended recordings whose final metadata could not be written to the
+    // spool (disk full): retried every few seconds.
+    let mut unsaved: Vec<RecordingMeta> = Vec::new();
+    // Spooled recordings whose archiving failed, back in the queue at the next tick.
+    let mut retry: Vec<RecordingId> = Vec::new();
+    // The archive batch under way, yielding what to retry, and its size.
+    let mut tasks: JoinSet<Vec<RecordingMeta>> = JoinSet::new();
+    let mut batch_sizes: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
-    let concurrency = 4;
     let indexer = ActiveIndexer::default();
     let indexing = tokio::spawn(indexer.clone().run(db.clone()));
-    let mut waiting: VecDeque<RecordingMeta> = VecDeque::new();
     loop {
         tokio::select! {
             job = rx.recv() => {
                 let Some(job) = job else { break };
                 // Take every job already queued: saves are written as one batch.
                 let mut saves = Vec::new();
+                let mut spill = Vec::new();
                 let mut next = Some(job);
                 while let Some(job) = next.take() {
                     match job {
-                        PersistJob::Active { meta, seq } => {
-                            // A late snapshot of a recording already closed is dropped.
-                            if !closed.contains(&meta.id) {
+                        PersistJob::Active { meta, seq, first } => {
+                            if first {
+                                running.insert(meta.id);
+                            }
+                            if running.contains(&meta.id) {
                                 saves.push((meta, seq));
+                            } else {
+                                let _ = acks.send(SaveAck { id: meta.id, seq, result: Err("recording already closed".into()) });
                             }
                         }
                         PersistJob::Closed { mut meta, error } => {
@@ -209,53 +319,93 @@ pub async fn run(
                                     meta.transition(RecordingState::Failed, at, format!("audio write error: {err}"));
                                 }
                             }
-                            closed.insert(meta.id);
-                            closed_order.push_back(meta.id);
-                            if closed_order.len() > 100_000 {
-                                if let Some(old) = closed_order.pop_front() { closed.remove(&old); }
+                            running.remove(&meta.id);
+                            indexer.forget(meta.id);
+                            // A snapshot of this recording in this batch must not overwrite its end.
+                            saves.retain(|(m, _): &(Box<RecordingMeta>, u64)| m.id != meta.id);
+                            // A failure's reason must survive a restart; a backlog must not grow memory.
+                            if meta.state == RecordingState::Failed || in_memory >= MEMORY_QUEUE {
+                                spill.push(*meta);
+                            } else {
+                                in_memory += 1;
+                                waiting.push_back(Ended::InMemory(meta));
                             }
-                            waiting.push_back(*meta);
                         }
                     }
-                    if saves.len() < SAVE_BATCH {
+                    if saves.len() + spill.len() < SAVE_BATCH {
                         next = rx.try_recv().ok();
                     }
                 }
-                if !saves.is_empty() {
-                    indexer.push(save_active(&archive, &acks, saves).await);
+                if !saves.is_empty() || !spill.is_empty() {
+                    let (written, spilled) = save_spool(&archive, &acks, saves, &spill).await;
+                    indexer.push(written);
+                    for (meta, ok) in spill.into_iter().zip(spilled) {
+                        if ok { waiting.push_back(Ended::Spooled(meta.id)) } else { unsaved.push(meta) }
+                    }
                 }
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(Err(meta)) = done {
-                    retry.push(meta);
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let failed = match done {
+                    Ok((task, failed)) => {
+                        batch_sizes.remove(&task);
+                        failed
+                    }
+                    Err(e) => {
+                        // The batch is lost from memory; the spool has every recording for the next start.
+                        batch_sizes.remove(&e.id());
+                        tracing::error!(error = %e, "archive batch task failed");
+                        Vec::new()
+                    }
+                };
+                if !failed.is_empty() {
+                    // Whatever must wait for the index or the disk waits in the spool, not here.
+                    let (_, spilled) = save_spool(&archive, &acks, Vec::new(), &failed).await;
+                    for (meta, ok) in failed.into_iter().zip(spilled) {
+                        if ok { retry.push(meta.id) } else { unsaved.push(meta) }
+                    }
                 }
             }
             _ = retry_tick.tick() => {
-                for meta in std::mem::take(&mut retry) {
-                    waiting.push_back(meta);
+                waiting.extend(retry.drain(..).map(Ended::Spooled));
+                if !unsaved.is_empty() {
+                    let metas = std::mem::take(&mut unsaved);
+                    let (_, ok) = save_spool(&archive, &acks, Vec::new(), &metas).await;
+                    for (meta, ok) in metas.into_iter().zip(ok) {
+                        if ok { waiting.push_back(Ended::Spooled(meta.id)) } else { unsaved.push(meta) }
+                    }
                 }
             }
         }
-        while tasks.len() < concurrency {
-            let Some(meta) = waiting.pop_front() else { break };
+        while tasks.len() < ARCHIVE_CONCURRENCY && !waiting.is_empty() {
+            let n = waiting.len().min(ARCHIVE_BATCH);
+            let items: Vec<Ended> = waiting.drain(..n).collect();
+            in_memory -= items.iter().filter(|i| matches!(i, Ended::InMemory(_))).count();
             let (a, d) = (archive.clone(), db.clone());
-            tasks.spawn(async move { finish(&a, &d, meta).await });
+            let task = tasks.spawn(async move { archive_batch(&a, &d, items).await });
+            batch_sizes.insert(task.id(), n);
         }
-        backlog.store(waiting.len() + tasks.len() + retry.len(), std::sync::atomic::Ordering::Relaxed);
+        let in_flight: usize = batch_sizes.values().sum();
+        let pending = waiting.len() + retry.len() + unsaved.len() + in_flight;
+        backlog.store(pending, std::sync::atomic::Ordering::Relaxed);
     }
-    // Channel closed (shutdown): finish everything queued, one last try for retries.
-    for meta in waiting.drain(..) {
-        let (a, d) = (archive.clone(), db.clone());
-        tasks.spawn(async move { finish(&a, &d, meta).await });
-    }
+    // Channel closed (shutdown): finish everything queued; what still fails stays in the spool.
     while let Some(done) = tasks.join_next().await {
-        if let Ok(Err(meta)) = done {
-            retry.push(meta);
+        if let Ok(failed) = done {
+            unsaved.extend(failed);
         }
     }
-    for meta in retry {
-        if finish(&archive, &db, meta.clone()).await.is_err() {
-            tracing::error!(recording = %meta.id, "left in the spool; the next start will finish it");
+    waiting.extend(retry.drain(..).map(Ended::Spooled));
+    waiting.extend(unsaved.drain(..).map(|m| Ended::InMemory(Box::new(m))));
+    let mut items: Vec<Ended> = waiting.into_iter().collect();
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(ARCHIVE_BATCH));
+        let batch = std::mem::replace(&mut items, rest);
+        let failed = archive_batch(&archive, &db, batch).await;
+        // Their real end goes to the spool, so the next start finishes them as they ended.
+        let (_, saved) = save_spool(&archive, &acks, Vec::new(), &failed).await;
+        for (meta, ok) in failed.iter().zip(saved) {
+            let end = if ok { "with its end" } else { "as its last snapshot (its end could not be written)" };
+            tracing::error!(recording = %meta.id, "left in the spool {end}; the next start will finish it");
         }
     }
     indexing.abort();

@@ -128,6 +128,31 @@ fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
     wav.assert_tone(1, 1000.0, 440.0, 200, 3800);
     assert!(node.metric("callvault_sip_malformed_total") >= 2.0);
     assert!(node.metric("callvault_sip_responses_total{code=\"400\"}") >= 5.0);
+    assert_metric_labels_bounded(&node);
+}
+
+/// No label value comes from what a peer sent: after all the input above,
+/// every label is a status code or a recording state.
+fn assert_metric_labels_bounded(node: &Node) {
+    let body = ureq::get(&node.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    let states = ["active", "completed", "interrupted", "failed"];
+    let mut labelled = 0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((_, rest)) = line.split_once('{') else { continue };
+        let labels = rest.split_once('}').expect("closed label set").0;
+        for pair in labels.split(',') {
+            let (k, v) = pair.split_once('=').expect("label=value");
+            let v = v.trim_matches('"');
+            let ok = match k {
+                "code" => v.len() == 3 && v.bytes().all(|b| b.is_ascii_digit()),
+                "state" => states.contains(&v),
+                _ => false,
+            };
+            assert!(ok, "unexpected metric label {k}={v:?} in {line}");
+            labelled += 1;
+        }
+    }
+    assert!(labelled > 5, "labelled samples were checked:\n{body}");
 }
 
 #[test]

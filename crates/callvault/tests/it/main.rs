@@ -1,7 +1,9 @@
-//! callvault integration tests: real processes, real sockets, loopback only.
-//! One test binary (cf. ripgrep) so the suite links once.
+//! callvault integration tests: real processes, real sockets, loopback only
+//! (and `bounded_state`: the recorder core and a media shard wired together
+//! on virtual time). One test binary (cf. ripgrep) so the suite links once.
 
 mod bad_input;
+mod bounded_state;
 mod calls;
 mod cancel;
 mod corpus;

@@ -1,4 +1,4 @@
-//! `callvault bench`: what recording costs, measured against what the
+//! `callvault bench` (ingest): what recording costs, measured against what the
 //! machine needs just to receive the same packets.
 //!
 //! (a) **Floor**: a bare sink (mio + `recvmmsg`, nothing else) on as many
@@ -13,23 +13,19 @@
 //! Ratios (b)/(a) are what to compare across machines: the box is shared
 //! and noisy, so both figures come from the same run.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use clap::Parser;
 use media::Codec;
 use media_engine::RecvBatch;
 use serde::Serialize;
 
-use crate::client::{place_calls, CallArgs, Pacer, Source, StreamPlan};
+use super::{call_args, metric, proc_cpu_ns, start_server};
+use crate::client::{place_calls, Pacer, Source, StreamPlan};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub struct IngestArgs {
     /// First number of concurrent calls.
     #[arg(long, default_value_t = 250)]
     pub start: usize,
@@ -158,83 +154,7 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
     Ok(Floor { sockets, packets: n, cpu_ns_per_packet: cpu as f64 / n as f64 })
 }
 
-struct Server {
-    child: Child,
-    dir: PathBuf,
-    sip: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_server() -> anyhow::Result<Server> {
-    let dir = std::env::temp_dir().join(format!("callvault-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["serve", "--data-dir"])
-        .arg(&dir)
-        .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "", "--http", "127.0.0.1:0", "--media-ports", "20000-29999"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting callvault serve")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(l) = crate::serve::read_listen(&dir) {
-            let sip = l["sip_udp"].as_str().context("no sip_udp")?.parse()?;
-            let http = l["http"].as_str().context("no http")?.parse()?;
-            return Ok(Server { child, dir, sip, http });
-        }
-        if Instant::now() > deadline {
-            bail!("server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn proc_cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Ok(ticks * 1_000_000_000 / hz)
-}
-
-fn metric(http: SocketAddr, name: &str) -> anyhow::Result<u64> {
-    let body = ureq::get(&format!("http://{http}/metrics")).call()?.body_mut().read_to_string()?;
-    for line in body.lines() {
-        if let Some(rest) = line.strip_prefix(name) {
-            if let Some(v) = rest.strip_prefix(' ') {
-                return Ok(v.trim().parse::<f64>()? as u64);
-            }
-        }
-    }
-    bail!("metric {name} not found")
-}
-
-#[derive(Parser)]
-struct CallWrapper {
-    #[command(flatten)]
-    a: CallArgs,
-}
-
-fn call_args(target: SocketAddr, extra: &[&str]) -> anyhow::Result<CallArgs> {
-    let mut v = vec!["call".to_owned(), target.to_string()];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    Ok(CallWrapper::try_parse_from(v)?.a)
-}
-
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     eprintln!("callvault bench on {cores} cores");
     let pacer = Pacer::start("127.0.0.1:0".parse()?)?;
