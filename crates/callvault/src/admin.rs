@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use model::{RecordingId, RecordingMeta, RecordingState};
-use store::{sha256_file, Archive, DataDir, ListQuery, MetaDb};
+use std::io::Write;
+
+use store::{BlobKey, DataDir, ListQuery, RecordingIndex, Stores};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -49,14 +51,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-fn open(cfg: &Config) -> anyhow::Result<(DataDir, MetaDb, tokio::runtime::Runtime)> {
+fn open(cfg: &Config) -> anyhow::Result<(Stores, tokio::runtime::Runtime)> {
     if !cfg.data_dir.exists() {
         bail!("data directory {} does not exist", cfg.data_dir.display());
     }
     let dir = DataDir::open(&cfg.data_dir)?;
     let rt = runtime()?;
-    let db = rt.block_on(MetaDb::open(&dir.db_path())).context("opening the metadata index")?;
-    Ok((dir, db, rt))
+    let stores = rt.block_on(Stores::open_local(&dir)).context("opening the metadata index")?;
+    Ok((stores, rt))
 }
 
 fn short_time(t: OffsetDateTime) -> String {
@@ -64,7 +66,8 @@ fn short_time(t: OffsetDateTime) -> String {
 }
 
 pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
-    let (dir, db, rt) = open(&cfg)?;
+    let (stores, rt) = open(&cfg)?;
+    let db = stores.index.as_ref();
     match action {
         RecordingsAction::List { state, party, since, limit, json } => {
             let since =
@@ -95,16 +98,15 @@ pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
             }
         }
         RecordingsAction::Show { id } => {
-            let meta = get(&rt, &db, &id)?;
+            let meta = get(&rt, db, &id)?;
             println!("{}", serde_json::to_string_pretty(&meta)?);
         }
         RecordingsAction::Export { id, out, metadata } => {
-            let meta = get(&rt, &db, &id)?;
+            let meta = get(&rt, db, &id)?;
             let audio =
                 meta.audio.as_ref().with_context(|| format!("recording {id} has no audio (state {})", meta.state))?;
-            let src = dir.resolve(audio.path.as_ref());
-            std::fs::copy(&src, &out).with_context(|| format!("copying {}", src.display()))?;
-            let (sha, _) = sha256_file(&out)?;
+            let key = BlobKey::parse(&audio.path).context("the stored audio key is not valid")?;
+            let sha = export_blob(stores.archive.blobs().as_ref(), &key, &out)?;
             if audio.sha256.as_deref().is_some_and(|want| want != sha) {
                 bail!("checksum mismatch: {} has {sha}, metadata says {:?}", out.display(), audio.sha256);
             }
@@ -118,7 +120,25 @@ pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn get(rt: &tokio::runtime::Runtime, db: &MetaDb, id: &str) -> anyhow::Result<RecordingMeta> {
+/// Copies a blob to `out` in chunks, hashing what was written.
+fn export_blob(blobs: &dyn store::BlobStore, key: &BlobKey, out: &std::path::Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let len = blobs.len(key)?.with_context(|| format!("audio {key} missing on this node"))?;
+    let mut file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut hash = sha2::Sha256::new();
+    let mut pos = 0;
+    while pos < len {
+        let upto = (pos + 1024 * 1024).min(len);
+        let chunk = blobs.read_range(key, pos, upto)?;
+        hash.update(&chunk);
+        file.write_all(&chunk)?;
+        pos = upto;
+    }
+    file.sync_all()?;
+    Ok(store::blob::hex(&hash.finalize()))
+}
+
+fn get(rt: &tokio::runtime::Runtime, db: &dyn RecordingIndex, id: &str) -> anyhow::Result<RecordingMeta> {
     let rid: RecordingId = id.parse().with_context(|| format!("{id:?} is not a recording id"))?;
     rt.block_on(db.get(rid))?.with_context(|| format!("no recording {id}"))
 }
@@ -146,11 +166,10 @@ pub fn complete(cfg: Config, id: &str) -> anyhow::Result<()> {
         let _lock = dir.try_lock()?.context("data directory became busy")?;
         let rt = runtime()?;
         rt.block_on(async {
-            let db = MetaDb::open(&dir.db_path()).await?;
-            let archive = Archive::new(dir.clone());
-            let spool = dir.spool_json(rid);
-            let meta = match std::fs::read(&spool) {
-                Ok(data) => Some(RecordingMeta::from_json(&data)?),
+            let stores = Stores::open_local(&dir).await?;
+            let (db, archive) = (stores.index.as_ref(), &stores.archive);
+            let meta = match archive.load_spool(rid) {
+                Ok(meta) => Some(meta),
                 Err(_) => db.get(rid).await?,
             };
             let Some(mut meta) = meta else { bail!("no recording {rid}") };
@@ -162,7 +181,8 @@ pub fn complete(cfg: Config, id: &str) -> anyhow::Result<()> {
                 OffsetDateTime::now_utc(),
                 "completed by administrator (node not running)",
             );
-            if crate::serve::persist::finish_all(&archive, &db, vec![meta]).await > 0 {
+            let none = crate::serve::persist::Replication::default();
+            if crate::serve::persist::finish_all(archive, db, &none, vec![meta]).await > 0 {
                 bail!("could not archive recording {rid}; see the log");
             }
             db.close().await;
@@ -170,4 +190,173 @@ pub fn complete(cfg: Config, id: &str) -> anyhow::Result<()> {
             Ok(())
         })
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Peers (alive, site, priority, version, load), the job leader.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the cluster settings, or set one (`retention.days 90`).
+    Settings { key: Option<String>, value: Option<String> },
+    /// Re-hash this node's audio now and repair corrupt copies from peers.
+    Scrub,
+    /// Start an anti-entropy round with every peer now.
+    AntiEntropy,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicationAction {
+    /// Per target: queue depth, oldest item, bytes/s, last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make every waiting item (of one target, or all) due now.
+    Retry {
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+/// The HTTP address of the node running on this data directory.
+fn running_node(cfg: &Config) -> anyhow::Result<String> {
+    let listen = crate::serve::read_listen(&cfg.data_dir)
+        .with_context(|| format!("no node is running on {} (no listen.json)", cfg.data_dir.display()))?;
+    let http = listen["http"].as_str().context("the running node has no HTTP listener")?;
+    Ok(format!("http://{http}"))
+}
+
+fn http_call(method: &str, url: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut resp = match (method, body) {
+        ("GET", _) => agent.get(url).call()?,
+        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string())?,
+        (_, Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string())?,
+        (_, None) => agent.post(url).send_empty()?,
+    };
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or_default();
+    if !(200..300).contains(&status) {
+        bail!("the node answered {status}: {}", v["error"].as_str().unwrap_or("(no detail)"));
+    }
+    Ok(v)
+}
+
+pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
+    let base = running_node(&cfg)?;
+    match action {
+        ClusterAction::Status { json } => {
+            let v = http_call("GET", &format!("{base}/api/cluster"), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let me = &v["me"];
+            println!(
+                "node {} ({}), site {}, priority {}, {}",
+                v["node"].as_str().unwrap_or("?"),
+                v["url"].as_str().unwrap_or("?"),
+                v["site"].as_str().unwrap_or("?"),
+                v["priority"],
+                if me["ready"] == true { "ready" } else { "not ready" }
+            );
+            println!(
+                "job leader: {}{}",
+                v["leader"].as_str().unwrap_or("(none yet)"),
+                if v["is_leader"] == true { " (this node)" } else { "" }
+            );
+            if v["quarantined"] == true {
+                println!("QUARANTINED: catching up after an absence longer than the tombstone horizon");
+            }
+            println!(
+                "{:<20} {:<6} {:<10} {:>4} {:<10} {:>7} {:>9} {:>10}  URL",
+                "PEER", "ALIVE", "SITE", "PRIO", "VERSION", "CALLS", "CAPACITY", "FREE MiB"
+            );
+            for p in v["peers"].as_array().into_iter().flatten() {
+                let s = &p["status"];
+                println!(
+                    "{:<20} {:<6} {:<10} {:>4} {:<10} {:>7} {:>9} {:>10}  {}{}",
+                    s["node"].as_str().unwrap_or("?"),
+                    if p["alive"] == true { "yes" } else { "NO" },
+                    s["site"].as_str().unwrap_or("-"),
+                    s["priority"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    s["version"].as_str().unwrap_or("-"),
+                    s["load"]["active_calls"].as_u64().unwrap_or(0),
+                    s["load"]["capacity"].as_u64().unwrap_or(0),
+                    s["load"]["free_disk_mib"].as_u64().unwrap_or(0),
+                    p["url"].as_str().unwrap_or("?"),
+                    p["last_error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default(),
+                );
+            }
+        }
+        ClusterAction::Settings { key: None, .. } => {
+            let v = http_call("GET", &format!("{base}/api/settings"), None)?;
+            for s in v["settings"].as_array().into_iter().flatten() {
+                println!(
+                    "{} = {}   ({})",
+                    s["key"].as_str().unwrap_or("?"),
+                    s["value"],
+                    s["stamp"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ClusterAction::Settings { key: Some(key), value } => {
+            let value = value.context("give a value to set (JSON, e.g. 90 or [\"10.0.0.0/8\"])")?;
+            let value: serde_json::Value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            let v =
+                http_call("PUT", &format!("{base}/api/settings/{key}"), Some(serde_json::json!({ "value": value })))?;
+            println!("{}", serde_json::to_string_pretty(&v["setting"])?);
+        }
+        ClusterAction::Scrub => {
+            let v = http_call("POST", &format!("{base}/api/cluster/scrub"), None)?;
+            println!("scrub: {} checked, {} corrupt, {} repaired", v["checked"], v["corrupt"], v["repaired"]);
+        }
+        ClusterAction::AntiEntropy => {
+            http_call("POST", &format!("{base}/api/cluster/anti-entropy"), None)?;
+            println!("anti-entropy round started");
+        }
+    }
+    Ok(())
+}
+
+pub fn replication(cfg: Config, action: ReplicationAction) -> anyhow::Result<()> {
+    let base = running_node(&cfg)?;
+    match action {
+        ReplicationAction::Status { json } => {
+            let v = http_call("GET", &format!("{base}/api/replication"), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:>7} {:>6} {:>10} {:>8} {:>12}  {:<10} LAST ERROR",
+                "TARGET", "QUEUED", "META", "OLDEST s", "FAILING", "BYTES/s", "STATE"
+            );
+            for (t, s) in v["targets"].as_object().into_iter().flatten() {
+                println!(
+                    "{:<20} {:>7} {:>6} {:>10.1} {:>8} {:>12.0}  {:<10} {}",
+                    t,
+                    s["depth"].as_u64().unwrap_or(0),
+                    s["meta_depth"].as_u64().unwrap_or(0),
+                    s["oldest_item_age_secs"].as_f64().unwrap_or(0.0),
+                    s["failing"].as_u64().unwrap_or(0),
+                    s["bytes_per_sec"].as_f64().unwrap_or(0.0),
+                    s["worker_state"].as_str().unwrap_or("-"),
+                    s["last_error"].as_str().unwrap_or(""),
+                );
+            }
+        }
+        ReplicationAction::Retry { target } => {
+            let v = http_call(
+                "POST",
+                &format!("{base}/api/replication/retry"),
+                Some(serde_json::json!({ "target": target })),
+            )?;
+            println!("{} items due now", v["rescheduled"]);
+        }
+    }
+    Ok(())
 }

@@ -23,6 +23,63 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// The cluster: peers, trust, replication targets, timing. A node with no
+/// `listen` address is a single node (no cluster API, nothing replicated).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Listen address of the inter-node API, e.g. `0.0.0.0:7070`; empty: no cluster.
+    pub listen: String,
+    /// URL peers reach this node at (default: `http://` + the listen address).
+    pub advertise_url: Option<String>,
+    /// Cluster API URLs of other nodes (seeds); nodes that announce
+    /// themselves are added and remembered.
+    pub peers: Vec<String>,
+    /// The shared secret every node of the cluster has (or `secret_file`).
+    pub secret: Option<String>,
+    /// A file holding the secret (first line); wins over `secret`.
+    pub secret_file: Option<PathBuf>,
+    /// Data-centre / site name, shown in status and used to prefer local copies.
+    pub site: String,
+    /// 1 is preferred: the live node with the lowest number runs the maintenance jobs.
+    pub priority: u32,
+    /// Milliseconds between heartbeats to each peer.
+    pub heartbeat_ms: u64,
+    /// A peer not heard from for this long is dead (ms).
+    pub dead_after_ms: u64,
+    /// A node must have been up this long before it takes the job lease (ms).
+    pub leader_hold_down_ms: u64,
+    /// Requests and clock stamps further than this from our clock are refused (ms).
+    pub max_clock_skew_ms: u64,
+    /// Seconds between anti-entropy rounds with each peer.
+    pub anti_entropy_secs: u64,
+    /// Days a deletion (tombstone) is remembered; a node offline longer is
+    /// quarantined until it pulled the tombstones (docs/cluster.md).
+    pub tombstone_horizon_days: u64,
+    /// Hours between integrity scrubs of the stored audio (0 = never).
+    pub scrub_interval_hours: u64,
+    /// Seconds between retention passes of the job leader.
+    pub retention_check_secs: u64,
+    /// Per-target replication settings, by node id; targets not listed
+    /// take audio continuously without a cap.
+    pub targets: std::collections::BTreeMap<String, TargetConfig>,
+    /// Only replicate to the nodes listed in `targets` (default: every peer).
+    pub only_listed_targets: bool,
+}
+
+/// How one target takes audio.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Daily windows (`"01:00-05:00"`) when audio may be sent; empty = continuous.
+    pub windows: Vec<String>,
+    /// IANA time zone of the windows.
+    pub timezone: String,
+    /// Bandwidth cap in kbit/s (0 = none).
+    pub bandwidth_kbps: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +150,9 @@ pub struct StorageConfig {
     /// New calls are refused (503 "Storage too slow") while more audio
     /// than this waits for the disk, MiB; taken again below half of it.
     pub max_write_backlog_mib: u64,
+    /// New calls are refused (503 "Storage too slow") while this many
+    /// answers already wait for their metadata fsync.
+    pub max_pending_saves: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +174,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             storage: StorageConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -163,7 +224,59 @@ impl Default for StorageConfig {
             probe_interval_secs: 5,
             metadata_save_timeout_ms: 4000,
             max_write_backlog_mib: 64,
+            max_pending_saves: 512,
         }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: String::new(),
+            advertise_url: None,
+            peers: Vec::new(),
+            secret: None,
+            secret_file: None,
+            site: "default".into(),
+            priority: 10,
+            heartbeat_ms: 2000,
+            dead_after_ms: 6000,
+            leader_hold_down_ms: 10_000,
+            max_clock_skew_ms: 300_000,
+            anti_entropy_secs: 600,
+            tombstone_horizon_days: 180,
+            scrub_interval_hours: 168,
+            retention_check_secs: 3600,
+            targets: Default::default(),
+            only_listed_targets: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
+    /// The cluster secret, from `secret_file` or `secret`.
+    pub fn secret(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(f) = &self.secret_file {
+            let text =
+                std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("cluster.secret_file {}: {e}", f.display()))?;
+            let line = text.lines().next().unwrap_or("").trim();
+            if line.is_empty() {
+                anyhow::bail!("cluster.secret_file {} is empty", f.display());
+            }
+            return Ok(line.as_bytes().to_vec());
+        }
+        match &self.secret {
+            Some(s) if !s.is_empty() => Ok(s.as_bytes().to_vec()),
+            _ => anyhow::bail!("cluster.listen is set but there is no cluster.secret or cluster.secret_file"),
+        }
+    }
+
+    pub fn advertise(&self) -> String {
+        self.advertise_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
     }
 }
 
@@ -203,6 +316,24 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             anyhow::bail!("log.format must be \"text\" or \"json\"");
+        }
+        let c = &self.cluster;
+        if c.enabled() {
+            if c.listen.parse::<SocketAddr>().is_err() {
+                anyhow::bail!("cluster.listen = {:?} is not an address:port", c.listen);
+            }
+            c.secret()?;
+            if c.advertise_url.is_none() && c.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+                anyhow::bail!("cluster.listen binds all addresses: set cluster.advertise_url to the URL peers use");
+            }
+            if c.dead_after_ms <= c.heartbeat_ms {
+                anyhow::bail!("cluster.dead_after_ms must be larger than cluster.heartbeat_ms");
+            }
+            for (node, t) in &c.targets {
+                let zone = if t.timezone.is_empty() { "UTC" } else { &t.timezone };
+                cluster::Schedule::parse(&t.windows, zone)
+                    .map_err(|e| anyhow::anyhow!("cluster.targets.{node}: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -78,6 +78,20 @@ enum Command {
         /// Recording id.
         id: String,
     },
+    /// Cluster membership, health and the job leader, from the running node.
+    Cluster {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: admin::ClusterAction,
+    },
+    /// The replication outbox of the running node: status per target, retry.
+    Replication {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: admin::ReplicationAction,
+    },
     /// Measure RTP ingest cost against a bare recvmmsg sink, and call setup rate.
     Bench(bench::BenchArgs),
 }
@@ -123,6 +137,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Recordings { node, action } => admin::recordings(node.load()?, action),
         Command::Complete { node, id } => admin::complete(node.load()?, &id),
+        Command::Cluster { node, action } => admin::cluster(node.load()?, action),
+        Command::Replication { node, action } => admin::replication(node.load()?, action),
         Command::Bench(args) => {
             init_logging("text", "warn");
             bench::run(args)

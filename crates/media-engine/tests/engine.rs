@@ -146,10 +146,10 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
     assert_eq!(meta.dtmf[0].duration_ms, 100);
     assert_eq!(meta.dtmf[0].source, "rtp");
 
-    Archive::new(dir.clone()).finalize(&mut meta).unwrap();
+    Archive::local(dir.clone()).finalize(&mut meta).unwrap();
     let audio = meta.audio.clone().unwrap();
     assert!((1450..=1650).contains(&audio.duration_ms), "duration {}", audio.duration_ms);
-    let reader = hound::WavReader::open(dir.resolve(audio.path.as_ref())).unwrap();
+    let reader = hound::WavReader::open(root.join(&audio.path)).unwrap();
     assert_eq!(reader.spec().channels, 2);
     let samples: Vec<i16> = reader.into_samples::<i16>().map(Result::unwrap).collect();
     let left: Vec<i16> = samples.iter().step_by(2).copied().collect();

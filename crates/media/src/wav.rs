@@ -12,6 +12,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 const PCM_HEADER: usize = 44;
 const EXT_HEADER: usize = 68;
+/// The longest header this module writes: enough bytes for [`read_format`].
+pub const MAX_HEADER_LEN: usize = EXT_HEADER;
 /// KSDATAFORMAT_SUBTYPE_PCM.
 const PCM_GUID: [u8; 16] = [1, 0, 0, 0, 0, 0, 0x10, 0, 0x80, 0, 0, 0xaa, 0, 0x38, 0x9b, 0x71];
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub mod replica;
 pub mod rs_metadata;
 
 /// Globally unique recording id (UUIDv7).
@@ -272,6 +273,12 @@ pub struct RecordingMeta {
     pub callee: Option<String>,
     /// SIP Call-IDs of the recording session(s) (two for forked calls).
     pub call_ids: Vec<String>,
+    /// The call this recording is of, the same on every recorder the
+    /// platform forked it to: `siprec:<session id>`, `bib:<x-refci>@<host>`
+    /// or `sip:<Call-ID>@<source>`. Recordings sharing it are copies of one
+    /// logical recording (search shows one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_key: Option<String>,
     /// Signalling source (`udp:ip:port`).
     pub source_addr: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,6 +318,7 @@ impl RecordingMeta {
             caller: None,
             callee: None,
             call_ids: Vec::new(),
+            call_key: None,
             source_addr,
             user_agent: None,
             participants: Vec::new(),
@@ -376,6 +384,7 @@ mod tests {
             caller: Some("+15550100".into()),
             callee: None,
             call_ids: vec!["c1".into()],
+            call_key: None,
             source_addr: "udp:127.0.0.1:5060".into(),
             user_agent: None,
             participants: vec![Participant { name: Some("Alice".into()), channel: Some(0), ..Default::default() }],

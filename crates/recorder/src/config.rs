@@ -34,6 +34,10 @@ pub struct RecorderConfig {
     /// An INVITE whose recording metadata is not on disk after this long
     /// is refused with 503 (storage too slow to promise a recording).
     pub save_timeout: Duration,
+    /// New INVITEs get 503 while this many answers already wait for their
+    /// metadata save: when the disk cannot keep up, calls go to another
+    /// recorder at once instead of queueing saves (and memory) here.
+    pub max_pending_answers: usize,
 }
 
 impl RecorderConfig {
@@ -52,6 +56,7 @@ impl RecorderConfig {
             server_name: concat!("callvault/", env!("CARGO_PKG_VERSION")).to_owned(),
             media_timeout: Duration::from_secs(30),
             save_timeout: Duration::from_secs(4),
+            max_pending_answers: 512,
         }
     }
 }

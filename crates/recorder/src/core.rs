@@ -236,13 +236,18 @@ impl Recorder {
             Err("Draining")
         } else if !self.storage_ok {
             Err("Storage unavailable")
-        } else if self.storage_slow {
+        } else if self.storage_slow || self.pending_answers() >= self.cfg.max_pending_answers.max(1) {
             Err("Storage too slow")
         } else if self.cfg.max_calls > 0 && self.recordings.len() >= self.cfg.max_calls {
             Err("Call limit reached")
         } else {
             Ok(())
         }
+    }
+
+    /// INVITEs accepted whose 200 OK waits for their metadata save.
+    pub fn pending_answers(&self) -> usize {
+        self.legs.values().filter(|l| l.pending_answer.is_some()).count()
     }
 
     pub fn active_recordings(&self) -> usize {
@@ -763,6 +768,9 @@ impl Recorder {
             };
             apply_parties(&mut rec.meta, parties);
             rec.meta.siprec = rec.siprec.clone();
+            if rec.meta.call_key.is_none() {
+                rec.meta.call_key = Some(call_key(rec.siprec.as_ref(), fork.as_ref(), &req, &e.call_id, peer));
+            }
         }
         let save_seq = self.save(recording, joins.is_none());
         for ls in &leg_streams {
@@ -1244,6 +1252,32 @@ fn codec_map(maps: &[RtpMap]) -> Vec<(u8, Codec)> {
 /// 481 for an in-dialog request whose dialog we do not know.
 fn no_dialog() -> SipError {
     SipError::new(StatusCode::CALL_DOES_NOT_EXIST, "Call/Transaction Does Not Exist")
+}
+
+/// The key every recorder the platform forks this call to derives alike
+/// (see [`model::RecordingMeta::call_key`]): the SIPREC communication
+/// session's id from the metadata, the BiB call reference, or the Call-ID
+/// with the signalling source.
+fn call_key(md: Option<&Metadata>, fork: Option<&ForkedLeg>, req: &Request, call_id: &str, peer: Peer) -> String {
+    let host = peer.addr.ip().to_string();
+    if let Some(md) = md {
+        if let Some(s) = md.sessions.iter().find(|s| !s.id.is_empty()) {
+            return format!("siprec:{}", s.id);
+        }
+        if let Some(sid) = md.sessions.iter().flat_map(|s| &s.sip_session_ids).find(|s| !s.is_empty()) {
+            return format!("siprec:{sid}");
+        }
+    }
+    if let Some(f) = fork {
+        return f.call_key(&host);
+    }
+    // RFC 7989 Session-ID, when the platform sends one, names the call end to end.
+    if let Some(sid) = req.headers.get("Session-ID").and_then(|v| v.split(';').next()).map(str::trim) {
+        if !sid.is_empty() {
+            return format!("sid:{}", sid.to_ascii_lowercase());
+        }
+    }
+    format!("sip:{call_id}@{host}")
 }
 
 fn kind_name(kind: SourceKind) -> &'static str {

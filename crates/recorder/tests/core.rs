@@ -720,3 +720,26 @@ fn a_cancelled_fork_leg_leaves_the_other_recording() {
     assert_eq!(h.rec.active_recordings(), 1);
     assert_eq!(h.rec.active_legs(), 1);
 }
+
+/// When the disk falls behind, new calls are refused at once instead of
+/// piling up more saves: answers waiting for their metadata are capped.
+#[test]
+fn too_many_answers_waiting_for_the_disk_refuse_new_calls() {
+    let mut cfg = config();
+    cfg.max_pending_answers = 2;
+    let mut h = Harness::with(cfg, 100);
+    h.held_saves = Some(Vec::new());
+    assert_eq!(acme_invite(&mut h, "slow-1").codes(), vec![100]);
+    assert_eq!(acme_invite(&mut h, "slow-2").codes(), vec![100]);
+    let out = acme_invite(&mut h, "slow-3");
+    assert_eq!(out.codes(), vec![100, 503]);
+    assert_eq!(out.last().reason, "Storage too slow");
+    assert!(out.started().is_none(), "nothing was queued for the refused call");
+    // The disk catches up: both waiting calls are answered, new ones taken again.
+    for (id, seq) in h.held_saves.replace(Vec::new()).unwrap() {
+        h.rec.saved(h.now, id, seq, Ok(()));
+    }
+    assert_eq!(h.drain().codes(), vec![200, 200]);
+    assert_eq!(acme_invite(&mut h, "slow-4").codes(), vec![100]);
+    assert_eq!(h.rec.pending_answers(), 1);
+}

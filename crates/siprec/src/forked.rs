@@ -42,6 +42,18 @@ pub struct ForkedLeg {
     pub far_end_addr: Option<String>,
     pub far_end_device: Option<String>,
     pub near_end_name: Option<String>,
+    /// CUCM cluster of the near end (`x-nearendclusterid`): `x-refci` is
+    /// unique within one cluster only.
+    pub cluster_id: Option<String>,
+}
+
+impl ForkedLeg {
+    /// The call this leg belongs to, the same on every recorder the legs
+    /// were forked to: the call reference within its CUCM cluster (the
+    /// signalling host stands in when the cluster id is not sent).
+    pub fn call_key(&self, host: &str) -> String {
+        format!("bib:{}@{}", self.link, self.cluster_id.as_deref().unwrap_or(host))
+    }
 }
 
 impl ForkedLeg {
@@ -59,6 +71,7 @@ impl ForkedLeg {
             far_end_addr: p("x-farendaddr"),
             far_end_device: p("x-farenddevice"),
             near_end_name: from.display_name.clone(),
+            cluster_id: p("x-nearendclusterid"),
         })
     }
 }
@@ -77,6 +90,9 @@ mod tests {
         assert_eq!(n.link, f.link);
         assert_eq!(n.far_end_addr.as_deref(), Some("8172710497"));
         assert_eq!(n.near_end_device.as_deref(), Some("SEP189C5DB7C8AC"));
+        assert_eq!(n.call_key("10.0.0.1"), "bib:82731258@10.0.0.1");
+        let with_cluster = NameAddr::parse("<sip:4062@h;x-nearend;x-refci=5;x-nearendclusterid=CUCM-A>;tag=1").unwrap();
+        assert_eq!(ForkedLeg::from_header(&with_cluster).unwrap().call_key("10.0.0.9"), "bib:5@CUCM-A");
         assert!(ForkedLeg::from_header(&NameAddr::parse("<sip:a@b>;tag=1").unwrap()).is_none());
     }
 }

@@ -1,12 +1,15 @@
-//! Finishing recordings: from the spool to the archive, crash-safely.
+//! Finishing recordings: from the spool to the blob store, crash-safely.
 //!
 //! Order of steps (each idempotent, so recovery can resume anywhere):
-//! 1. patch the WAV header from the file length;
-//! 2. rename it into `recordings/YYYY/MM/DD/`;
-//! 3. write the final JSON next to it (temp file and rename), then make
-//!    steps 1–3 of the whole batch durable with one filesystem sync;
-//! 4. the caller indexes it in the database;
-//! 5. the caller removes the spool JSON ([`Archive::forget_spool`]).
+//! 1. patch the WAV header from the file length and hash the file;
+//! 2. hand the audio and the final JSON to the [`BlobStore`] as one batch
+//!    (the local store moves the file and makes the whole batch durable
+//!    with one filesystem sync);
+//! 3. the caller indexes it in the database;
+//! 4. the caller removes the spool JSON ([`Archive::forget_spool`]).
+//!
+//! The spool (recordings in progress, always on local disk) is this
+//! module's; finished recordings are only reached through the blob store.
 //!
 //! A spool JSON therefore exists exactly while a recording is active or
 //! not yet fully archived and indexed; when a recording ends, its final
@@ -15,16 +18,17 @@
 //! ([`Archive::recover`]) finishes every one it finds, keeping the final
 //! state (and reason) of those that had ended.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use media::wav;
 use model::{AudioInfo, NodeId, RecordingId, RecordingMeta, RecordingState, SourceKind};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::layout::{durable_write_all, replace_unsynced, sync_dir, sync_filesystem, DataDir};
+use crate::blob::{sha256_file, BlobError, BlobKey, BlobPut, BlobStore, LocalBlobs};
+use crate::layout::{durable_write_all, sync_dir, DataDir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -34,25 +38,38 @@ pub enum ArchiveError {
     Wav { path: PathBuf, source: wav::WavError },
     #[error("metadata file {path}: {source}")]
     Json { path: PathBuf, source: serde_json::Error },
+    #[error("{0}")]
+    Blob(#[from] BlobError),
 }
 
 fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io { path: path.to_owned(), source }
 }
 
-/// File operations on recordings.
+/// The spool and the way from it to the blob store.
 #[derive(Debug, Clone)]
 pub struct Archive {
     dir: DataDir,
+    blobs: Arc<dyn BlobStore>,
 }
 
 impl Archive {
-    pub fn new(dir: DataDir) -> Archive {
-        Archive { dir }
+    pub fn new(dir: DataDir, blobs: Arc<dyn BlobStore>) -> Archive {
+        Archive { dir, blobs }
+    }
+
+    /// An archive whose blobs are files under the data directory.
+    pub fn local(dir: DataDir) -> Archive {
+        let blobs = Arc::new(LocalBlobs::new(dir.root()));
+        Archive { dir, blobs }
     }
 
     pub fn dir(&self) -> &DataDir {
         &self.dir
+    }
+
+    pub fn blobs(&self) -> &Arc<dyn BlobStore> {
+        &self.blobs
     }
 
     /// Saves the metadata of a recording not yet archived (spool JSON):
@@ -77,86 +94,77 @@ impl Archive {
         self.finalize_all(std::slice::from_mut(meta)).pop().expect("one result per recording")
     }
 
-    /// [`Archive::finalize`] for a batch, made durable by one `syncfs(2)`
-    /// of the data directory's filesystem at the end instead of an fsync
-    /// per file and directory: headers, renames and final JSONs of the
-    /// whole batch reach the disk in one journal commit, which is what lets
-    /// the archive keep up with a high call rate without taking the disk
-    /// from the calls being set up. Until that sync the spool JSON of each
-    /// recording is still there, so a crash before it only means recovery
-    /// finalizes again (every step is idempotent). One result per recording.
+    /// [`Archive::finalize`] for a batch: the blob store takes every
+    /// recording's audio and final JSON in one write (made durable by one
+    /// filesystem sync in the local store instead of an fsync per file and
+    /// directory, which is what lets the archive keep up with a high call
+    /// rate without taking the disk from the calls being set up). Until it
+    /// returns the spool JSON of each recording is still there, so a crash
+    /// only means recovery finalizes again. One result per recording.
     pub fn finalize_all(&self, metas: &mut [RecordingMeta]) -> Vec<Result<(), ArchiveError>> {
-        let mut results: Vec<Result<(), ArchiveError>> = metas.iter().map(|_| Ok(())).collect();
+        let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(metas.len());
+        let mut puts = Vec::new();
+        let mut owner = Vec::new();
         for (i, meta) in metas.iter_mut().enumerate() {
-            let step = self.move_audio(meta).and_then(|()| self.describe_audio(meta)).and_then(|()| {
-                let json = self.dir.resolve(&self.dir.archive_relative(meta.started_at, meta.id, "json"));
-                replace_unsynced(&json, &meta.to_json()).map_err(io_err(&json))
-            });
-            if let Err(e) = step {
-                results[i] = Err(e);
+            match self.prepare(meta) {
+                Ok(audio) => {
+                    if let Some(path) = audio {
+                        let key = BlobKey::audio(meta.started_at, meta.id);
+                        puts.push(BlobPut::MoveFile { key, path });
+                        owner.push(i);
+                    }
+                    let key = BlobKey::meta(meta.started_at, meta.id);
+                    puts.push(BlobPut::Bytes { key, data: meta.to_json() });
+                    owner.push(i);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
             }
         }
-        if results.iter().any(Result::is_ok) {
-            let root = self.dir.root().to_owned();
-            if let Err(e) = sync_filesystem(&root) {
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(io_err(&root)(io::Error::new(e.kind(), e.to_string())));
-                }
+        for (i, r) in owner.into_iter().zip(self.blobs.put_all(puts)) {
+            if let (Err(e), Ok(())) = (r, &results[i]) {
+                results[i] = Err(ArchiveError::Blob(e));
             }
         }
         results
     }
 
-    /// Step 1 and the rename of step 2 for one recording (made durable by
-    /// the batch's sync); nothing to do when the spool holds no audio
-    /// (already moved, or none was ever written).
-    fn move_audio(&self, meta: &RecordingMeta) -> Result<(), ArchiveError> {
+    /// Step 1 for one recording: repairs the spooled audio's header and
+    /// fills `meta.audio` and `meta.duration_ms`. Returns the spool file to
+    /// move into the blob store, or `None` when it is already there (a
+    /// repeated finalize) or there never was any audio.
+    fn prepare(&self, meta: &mut RecordingMeta) -> Result<Option<PathBuf>, ArchiveError> {
+        let key = BlobKey::audio(meta.started_at, meta.id);
         let spool_wav = self.dir.spool_wav(meta.id);
-        if !spool_wav.exists() {
-            return Ok(());
-        }
-        let archive_wav = self.dir.resolve(&self.dir.archive_relative(meta.started_at, meta.id, "wav"));
-        let parent = archive_wav.parent().expect("archive path has a parent").to_owned();
-        let mut f = OpenOptions::new().read(true).write(true).open(&spool_wav).map_err(io_err(&spool_wav))?;
-        let fin = wav::finalize(&mut f, |f, len| f.set_len(len))
-            .map_err(|source| ArchiveError::Wav { path: spool_wav.clone(), source })?;
-        drop(f);
-        if fin.truncated_bytes > 0 {
-            tracing::warn!(recording = %meta.id, bytes = fin.truncated_bytes, "cut a torn audio frame");
-        }
-        fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-        fs::rename(&spool_wav, &archive_wav).map_err(io_err(&archive_wav))
-    }
-
-    /// Fills `meta.audio` (format, size, SHA-256) and `meta.duration_ms`
-    /// from the archived audio file, or clears them when there is none.
-    fn describe_audio(&self, meta: &mut RecordingMeta) -> Result<(), ArchiveError> {
-        let rel_wav = self.dir.archive_relative(meta.started_at, meta.id, "wav");
-        let archive_wav = self.dir.resolve(&rel_wav);
-        if !archive_wav.exists() {
-            meta.audio = None;
-            if let Some(end) = meta.ended_at {
-                meta.duration_ms = (end - meta.started_at).whole_milliseconds().max(0) as u64;
+        if spool_wav.exists() {
+            let mut f = OpenOptions::new().read(true).write(true).open(&spool_wav).map_err(io_err(&spool_wav))?;
+            let fin = wav::finalize(&mut f, |f, len| f.set_len(len))
+                .map_err(|source| ArchiveError::Wav { path: spool_wav.clone(), source })?;
+            drop(f);
+            if fin.truncated_bytes > 0 {
+                tracing::warn!(recording = %meta.id, bytes = fin.truncated_bytes, "cut a torn audio frame");
             }
-            return Ok(());
+            let (sha, bytes) = sha256_file(&spool_wav).map_err(io_err(&spool_wav))?;
+            set_audio(meta, &key, fin.format, fin.duration_ms(), sha, bytes);
+            return Ok(Some(spool_wav));
         }
-        let mut f = OpenOptions::new().read(true).write(true).open(&archive_wav).map_err(io_err(&archive_wav))?;
-        // Re-running finalize on an archived file is harmless and gives its facts.
-        let fin = wav::finalize(&mut f, |f, len| f.set_len(len))
-            .map_err(|source| ArchiveError::Wav { path: archive_wav.clone(), source })?;
-        drop(f);
-        let (sha, bytes) = sha256_file(&archive_wav).map_err(io_err(&archive_wav))?;
-        meta.duration_ms = fin.duration_ms();
-        meta.audio = Some(AudioInfo {
-            format: "wav".into(),
-            sample_rate: fin.format.sample_rate,
-            channels: fin.format.channels,
-            bytes,
-            duration_ms: fin.duration_ms(),
-            sha256: Some(sha),
-            path: rel_wav.to_string_lossy().into_owned(),
-        });
-        Ok(())
+        if let Some(len) = self.blobs.len(&key).map_err(ArchiveError::Blob)? {
+            // Moved already (finalized and written, then a crash): its facts come from the stored copy.
+            let head =
+                self.blobs.read_range(&key, 0, len.min(wav::MAX_HEADER_LEN as u64)).map_err(ArchiveError::Blob)?;
+            let format = wav::read_format(&head)
+                .map_err(|source| ArchiveError::Wav { path: PathBuf::from(key.as_str()), source })?;
+            let (sha, bytes) = self.blobs.sha256(&key).map_err(ArchiveError::Blob)?;
+            let frames = bytes.saturating_sub(format.header_len() as u64) / format.block_align().max(1) as u64;
+            let duration = frames * 1000 / format.sample_rate.max(1) as u64;
+            set_audio(meta, &key, format, duration, sha, bytes);
+            return Ok(None);
+        }
+        meta.audio = None;
+        if let Some(end) = meta.ended_at {
+            meta.duration_ms = (end - meta.started_at).whole_milliseconds().max(0) as u64;
+        }
+        Ok(None)
     }
 
     /// Step 5: the recording is archived and indexed.
@@ -185,11 +193,12 @@ impl Archive {
         RecordingMeta::from_json(&data).map_err(|source| ArchiveError::Json { path, source })
     }
 
-    /// Reads an archived recording's metadata.
-    pub fn load(&self, relative_json: &std::path::Path) -> Result<RecordingMeta, ArchiveError> {
-        let path = self.dir.resolve(relative_json);
-        let data = fs::read(&path).map_err(io_err(&path))?;
-        RecordingMeta::from_json(&data).map_err(|source| ArchiveError::Json { path, source })
+    /// The final metadata of an archived recording, from its blob.
+    pub fn load(&self, started_at: OffsetDateTime, id: RecordingId) -> Result<RecordingMeta, ArchiveError> {
+        let key = BlobKey::meta(started_at, id);
+        let data = self.blobs.read(&key).map_err(ArchiveError::Blob)?;
+        RecordingMeta::from_json(&data)
+            .map_err(|source| ArchiveError::Json { path: PathBuf::from(key.as_str()), source })
     }
 
     /// Every recording left in the spool by a previous run, with its
@@ -252,24 +261,22 @@ fn orphan_meta(id: RecordingId, node: &NodeId, wav: &std::path::Path, now: Offse
     )
 }
 
-/// SHA-256 (lowercase hex) and size of a file.
-pub fn sha256_file(path: &std::path::Path) -> io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        h.update(&buf[..n]);
-    }
-    let digest = h.finalize();
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        hex.push_str(&format!("{b:02x}"));
-    }
-    Ok((hex, total))
+fn set_audio(
+    meta: &mut RecordingMeta,
+    key: &BlobKey,
+    format: wav::WavFormat,
+    duration_ms: u64,
+    sha: String,
+    bytes: u64,
+) {
+    meta.duration_ms = duration_ms;
+    meta.audio = Some(AudioInfo {
+        format: "wav".into(),
+        sample_rate: format.sample_rate,
+        channels: format.channels,
+        bytes,
+        duration_ms,
+        sha256: Some(sha),
+        path: key.as_str().to_owned(),
+    });
 }

@@ -1,5 +1,8 @@
 //! The metadata index in SQLite (sqlx), WAL mode so the CLI can read while
 //! the server writes. Migrations are embedded in the binary.
+//!
+//! Why sqlx: async, one query API for SQLite and the PostgreSQL backend
+//! that scale-out needs, embedded migrations (docs/dependencies.md).
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -8,21 +11,15 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
-use model::{RecordingId, RecordingMeta, RecordingState};
+use async_trait::async_trait;
+use model::replica::{fingerprint, hour_of, Version};
+use model::{RecordingId, RecordingMeta};
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use time::OffsetDateTime;
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("database migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("stored metadata of {id} is unreadable: {source}")]
-    Corrupt { id: String, source: serde_json::Error },
-}
+use crate::index::{IndexError, ListQuery, RecordingIndex};
+use time::OffsetDateTime;
 
 #[derive(Debug)]
 struct Embedded;
@@ -30,42 +27,39 @@ struct Embedded;
 impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(self) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>> {
         Box::pin(async {
-            Ok(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
-                false,
-            )])
+            Ok(vec![
+                Migration::new(
+                    1,
+                    Cow::Borrowed("init"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
+                    false,
+                ),
+                Migration::new(
+                    2,
+                    Cow::Borrowed("cluster"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0002_cluster.sql")),
+                    false,
+                ),
+            ])
         })
     }
 }
 
-/// Filters for listing recordings (all optional).
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub state: Option<RecordingState>,
-    pub since: Option<OffsetDateTime>,
-    pub until: Option<OffsetDateTime>,
-    /// Matches caller, callee or any participant number/name/AOR (substring).
-    pub party: Option<String>,
-    pub limit: u32,
-    pub offset: u32,
-}
-
-fn ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// The recordings index.
+/// The recordings index in an embedded SQLite database.
 #[derive(Debug, Clone)]
-pub struct MetaDb {
-    pool: SqlitePool,
+pub struct SqliteIndex {
+    pub(crate) pool: SqlitePool,
 }
 
-impl MetaDb {
+impl SqliteIndex {
     /// Opens (creating and migrating) the database at `path`.
-    pub async fn open(path: &Path) -> Result<MetaDb, DbError> {
+    pub async fn open(path: &Path) -> Result<SqliteIndex, IndexError> {
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -74,50 +68,39 @@ impl MetaDb {
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Migrator::new(Embedded).await?.run(&pool).await?;
-        Ok(MetaDb { pool })
+        Ok(SqliteIndex { pool })
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Cheap liveness check for /health/ready.
-    pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    /// Inserts or updates a recording. A final state is never overwritten
-    /// by an older `active` snapshot arriving late.
-    pub async fn upsert(&self, meta: &RecordingMeta) -> Result<(), DbError> {
-        self.upsert_many(&[meta]).await
-    }
-
-    /// [`MetaDb::upsert`] for several recordings in one transaction (one
-    /// commit, one fsync: what keeps call setup fast under load).
-    pub async fn upsert_many(&self, metas: &[&RecordingMeta]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
-        for meta in metas {
-            Self::write(&mut tx, meta).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn write(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, meta: &RecordingMeta) -> Result<(), DbError> {
+    /// Writes one recording (and keeps its anti-entropy bucket up to
+    /// date). Returns false when nothing changed: a stale active snapshot
+    /// of a recording already final.
+    pub(crate) async fn write(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        meta: &RecordingMeta,
+        audio_here: bool,
+    ) -> Result<bool, IndexError> {
         let id = meta.id.to_string();
         let json = String::from_utf8(meta.to_json()).expect("JSON is UTF-8");
+        let before = sqlx::query("SELECT state, sha256, audio_here, started_at FROM recordings WHERE id = ?1")
+            .bind(&id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| {
+                let state: String = r.get(0);
+                (state, r.get::<Option<String>, _>(1), r.get::<i64, _>(2) != 0, r.get::<i64, _>(3))
+            });
         let result = sqlx::query(
             "INSERT INTO recordings (id, node_id, source, state, reason, started_at, ended_at, duration_ms, direction,
-                 caller, callee, call_id, audio_path, audio_bytes, sha256, meta_json, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                 caller, callee, call_id, audio_path, audio_bytes, sha256, meta_json, updated_at, call_key, audio_here)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
              ON CONFLICT (id) DO UPDATE SET
                  node_id = excluded.node_id, source = excluded.source, state = excluded.state,
                  reason = excluded.reason, started_at = excluded.started_at, ended_at = excluded.ended_at,
                  duration_ms = excluded.duration_ms, direction = excluded.direction, caller = excluded.caller,
                  callee = excluded.callee, call_id = excluded.call_id, audio_path = excluded.audio_path,
                  audio_bytes = excluded.audio_bytes, sha256 = excluded.sha256, meta_json = excluded.meta_json,
-                 updated_at = excluded.updated_at
+                 updated_at = excluded.updated_at, call_key = excluded.call_key,
+                 audio_here = max(recordings.audio_here, excluded.audio_here)
              WHERE recordings.state = 'active' OR excluded.state <> 'active'",
         )
         .bind(&id)
@@ -137,10 +120,25 @@ impl MetaDb {
         .bind(meta.audio.as_ref().and_then(|a| a.sha256.clone()))
         .bind(&json)
         .bind(ms(OffsetDateTime::now_utc()))
+        .bind(&meta.call_key)
+        .bind(audio_here as i64)
         .execute(&mut **tx)
         .await?;
         if result.rows_affected() == 0 {
-            return Ok(()); // a stale active snapshot; the final one stays
+            return Ok(false); // a stale active snapshot; the final one stays
+        }
+        // Anti-entropy: the old version leaves its bucket, the new one enters.
+        let sha = meta.audio.as_ref().and_then(|a| a.sha256.clone());
+        if let Some((state, old_sha, old_here, old_started)) = &before {
+            if state != "active" {
+                let v = if *old_here { Version::Audio(old_sha.clone()) } else { Version::MetaOnly(old_sha.clone()) };
+                toggle_bucket(tx, meta.id, *old_started, &v, false).await?;
+            }
+        }
+        if meta.state.is_final() {
+            let here = audio_here || before.as_ref().is_some_and(|b| b.2);
+            let v = if here { Version::Audio(sha) } else { Version::MetaOnly(sha) };
+            toggle_bucket(tx, meta.id, ms(meta.started_at), &v, true).await?;
         }
         sqlx::query("DELETE FROM participants WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
         for (i, p) in meta.participants.iter().enumerate() {
@@ -169,10 +167,54 @@ impl MetaDb {
                 .execute(&mut **tx)
                 .await?;
         }
+        Ok(true)
+    }
+}
+
+/// Adds or removes one (id, version) in its hour's anti-entropy bucket.
+pub(crate) async fn toggle_bucket(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: RecordingId,
+    started_ms: i64,
+    version: &Version,
+    add: bool,
+) -> Result<(), IndexError> {
+    let fp = fingerprint(id, version) as i64;
+    sqlx::query(
+        "INSERT INTO buckets (hour, count, fp) VALUES (?1, ?2, ?3)
+         ON CONFLICT (hour) DO UPDATE SET count = count + excluded.count, fp = (fp | excluded.fp) & ~(fp & excluded.fp)",
+    )
+    .bind(hour_of(started_ms))
+    .bind(if add { 1i64 } else { -1 })
+    .bind(fp)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl RecordingIndex for SqliteIndex {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Cheap liveness check for /health/ready.
+    async fn ping(&self) -> Result<(), IndexError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn get(&self, id: RecordingId) -> Result<Option<RecordingMeta>, DbError> {
+    /// One transaction, one commit: what keeps call setup fast under load.
+    async fn upsert_many(&self, metas: &[&RecordingMeta]) -> Result<(), IndexError> {
+        let mut tx = self.pool.begin().await?;
+        for meta in metas {
+            Self::write(&mut tx, meta, true).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: RecordingId) -> Result<Option<RecordingMeta>, IndexError> {
         let row = sqlx::query("SELECT meta_json FROM recordings WHERE id = ?1")
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -181,7 +223,7 @@ impl MetaDb {
     }
 
     /// Recordings newest first.
-    pub async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, DbError> {
+    async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, IndexError> {
         let mut sql = String::from("SELECT id, meta_json FROM recordings r WHERE 1=1");
         if q.state.is_some() {
             sql.push_str(" AND state = ?1");
@@ -194,16 +236,24 @@ impl MetaDb {
         }
         if q.party.is_some() {
             sql.push_str(
-                " AND (caller LIKE ?4 OR callee LIKE ?4 OR EXISTS (SELECT 1 FROM participants p WHERE p.recording_id = r.id
-                   AND (p.number LIKE ?4 OR p.name LIKE ?4 OR p.aor LIKE ?4)))",
+                " AND (caller LIKE ?4 ESCAPE '\\' OR callee LIKE ?4 ESCAPE '\\' OR EXISTS (SELECT 1 FROM participants p
+                   WHERE p.recording_id = r.id AND (p.number LIKE ?4 ESCAPE '\\' OR p.name LIKE ?4 ESCAPE '\\'
+                   OR p.aor LIKE ?4 ESCAPE '\\')))",
             );
         }
+        // One logical recording per call: of the copies sharing a call key
+        // (the call forked to several recorders), the best one is listed.
+        sql.push_str(
+            " AND (r.call_key IS NULL OR r.id = (SELECT r2.id FROM recordings r2 WHERE r2.call_key = r.call_key
+               ORDER BY CASE r2.state WHEN 'completed' THEN 0 WHEN 'active' THEN 1 WHEN 'interrupted' THEN 2 ELSE 3 END,
+                        r2.duration_ms DESC, r2.node_id, r2.id LIMIT 1))",
+        );
         sql.push_str(" ORDER BY started_at DESC, id DESC LIMIT ?5 OFFSET ?6");
         let rows = sqlx::query(&sql)
             .bind(q.state.map(|s| s.as_str()))
             .bind(q.since.map(ms))
             .bind(q.until.map(ms))
-            .bind(q.party.as_ref().map(|p| format!("%{}%", p.replace('%', "\\%"))))
+            .bind(q.party.as_ref().map(|p| format!("%{}%", like_escape(p))))
             .bind(if q.limit == 0 { 100 } else { q.limit.min(10_000) } as i64)
             .bind(q.offset as i64)
             .fetch_all(&self.pool)
@@ -212,13 +262,13 @@ impl MetaDb {
     }
 
     /// Ids of recordings the index believes are active.
-    pub async fn active_ids(&self) -> Result<Vec<RecordingId>, DbError> {
+    async fn active_ids(&self) -> Result<Vec<RecordingId>, IndexError> {
         let rows = sqlx::query("SELECT id FROM recordings WHERE state = 'active'").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().filter_map(|r| r.get::<String, _>(0).parse().ok()).collect())
     }
 
     /// Number of recordings per state.
-    pub async fn count_by_state(&self) -> Result<Vec<(String, i64)>, DbError> {
+    async fn count_by_state(&self) -> Result<Vec<(String, i64)>, IndexError> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM recordings GROUP BY state ORDER BY state")
             .fetch_all(&self.pool)
             .await?;
@@ -226,6 +276,18 @@ impl MetaDb {
     }
 }
 
-fn decode(id: &str, json: String) -> Result<RecordingMeta, DbError> {
-    RecordingMeta::from_json(json.as_bytes()).map_err(|source| DbError::Corrupt { id: id.to_owned(), source })
+/// `text` as a literal inside a LIKE pattern (with `ESCAPE '\'`).
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) fn decode(id: &str, json: String) -> Result<RecordingMeta, IndexError> {
+    RecordingMeta::from_json(json.as_bytes()).map_err(|source| IndexError::Corrupt { id: id.to_owned(), source })
 }

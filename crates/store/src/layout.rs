@@ -6,7 +6,7 @@
 //!   lock                         held (flock) by the running server
 //!   callvault.db                 SQLite metadata index
 //!   spool/<id>.wav, <id>.json    recordings in progress
-//!   recordings/YYYY/MM/DD/<id>.wav, <id>.json   finished recordings
+//!   recordings/YYYY/MM/DD/<id>.wav, <id>.json   finished recordings (the local blob store)
 //! ```
 //!
 //! Everything that must survive a crash goes through [`durable_write`]:
@@ -18,7 +18,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use model::RecordingId;
-use time::OffsetDateTime;
 
 /// Paths inside a node's data directory.
 #[derive(Debug, Clone)]
@@ -31,7 +30,6 @@ impl DataDir {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<DataDir> {
         let d = DataDir { root: root.into() };
         fs::create_dir_all(d.spool_dir())?;
-        fs::create_dir_all(d.archive_dir())?;
         Ok(d)
     }
 
@@ -51,30 +49,12 @@ impl DataDir {
         self.root.join("spool")
     }
 
-    pub fn archive_dir(&self) -> PathBuf {
-        self.root.join("recordings")
-    }
-
     pub fn spool_wav(&self, id: RecordingId) -> PathBuf {
         self.spool_dir().join(format!("{id}.wav"))
     }
 
     pub fn spool_json(&self, id: RecordingId) -> PathBuf {
         self.spool_dir().join(format!("{id}.json"))
-    }
-
-    /// Archive path relative to the root, by start date (UTC).
-    pub fn archive_relative(&self, started_at: OffsetDateTime, id: RecordingId, ext: &str) -> PathBuf {
-        let d = started_at.to_offset(time::UtcOffset::UTC).date();
-        PathBuf::from("recordings")
-            .join(format!("{:04}", d.year()))
-            .join(format!("{:02}", d.month() as u8))
-            .join(format!("{:02}", d.day()))
-            .join(format!("{id}.{ext}"))
-    }
-
-    pub fn resolve(&self, relative: &Path) -> PathBuf {
-        self.root.join(relative)
     }
 
     /// This node's name: `configured` if given (and remembered), else the

@@ -1,5 +1,6 @@
-//! Spool → archive, crash recovery and the index, on real files and a real
-//! SQLite database in a temp directory.
+//! Spool → blob store, crash recovery, and the conformance suites of the
+//! index and blob store backends, on real files and a real SQLite database
+//! in a temp directory.
 
 use std::fs;
 use std::io::Write;
@@ -7,7 +8,7 @@ use std::path::PathBuf;
 
 use media::wav::WavFormat;
 use model::{NodeId, Participant, RecordingId, RecordingMeta, RecordingState, SourceKind};
-use store::{sha256_file, Archive, DataDir, ListQuery, MetaDb};
+use store::{conformance, sha256_file, Archive, BlobKey, DataDir, LocalBlobs, RecordingIndex, SqliteIndex};
 use time::OffsetDateTime;
 
 fn tempdir(name: &str) -> PathBuf {
@@ -51,7 +52,7 @@ fn write_spool_wav(dir: &DataDir, id: RecordingId, frames: usize, torn: bool) {
 fn finished_recording_moves_to_archive_with_checksum() {
     let root = tempdir("fin");
     let dir = DataDir::open(&root).unwrap();
-    let archive = Archive::new(dir.clone());
+    let archive = Archive::local(dir.clone());
     let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
     let mut m = meta(t, "+15550100");
     archive.save_spool(&m).unwrap();
@@ -63,12 +64,13 @@ fn finished_recording_moves_to_archive_with_checksum() {
     let audio = m.audio.clone().unwrap();
     assert_eq!((audio.channels, audio.sample_rate, audio.duration_ms), (2, 8000, 1000));
     assert!(audio.path.starts_with("recordings/2025/11/13/"), "{}", audio.path);
-    let wav = dir.resolve(audio.path.as_ref());
+    assert_eq!(BlobKey::parse(&audio.path), Some(BlobKey::audio(t, m.id)));
+    let wav = root.join(&audio.path);
     assert_eq!(sha256_file(&wav).unwrap().0, audio.sha256.unwrap());
     let reader = hound::WavReader::open(&wav).unwrap();
     assert_eq!(reader.duration(), 8000);
     assert!(!dir.spool_wav(m.id).exists() && !dir.spool_json(m.id).exists());
-    let json = archive.load(&PathBuf::from(audio.path.replace(".wav", ".json"))).unwrap();
+    let json = archive.load(m.started_at, m.id).unwrap();
     assert_eq!(json.state, RecordingState::Completed);
     // Finalizing again (a crash between steps) changes nothing.
     let mut again = m.clone();
@@ -81,7 +83,7 @@ fn finished_recording_moves_to_archive_with_checksum() {
 fn recovery_interrupts_active_recordings_and_keeps_audio() {
     let root = tempdir("rec");
     let dir = DataDir::open(&root).unwrap();
-    let archive = Archive::new(dir.clone());
+    let archive = Archive::local(dir.clone());
     let t = OffsetDateTime::now_utc();
     let m = meta(t, "+15550100");
     archive.save_spool(&m).unwrap();
@@ -110,42 +112,25 @@ fn recovery_interrupts_active_recordings_and_keeps_audio() {
 }
 
 #[tokio::test]
-async fn index_upserts_lists_and_never_reactivates() {
+async fn sqlite_index_passes_the_conformance_suite_and_survives_reopening() {
     let root = tempdir("db");
     let dir = DataDir::open(&root).unwrap();
-    let db = MetaDb::open(&dir.db_path()).await.unwrap();
-    let t = OffsetDateTime::from_unix_timestamp(1_763_000_000).unwrap();
-    let mut a = meta(t, "+15550100");
-    let b = meta(t + time::Duration::minutes(5), "+4420799");
-    db.upsert(&a).await.unwrap();
-    db.upsert(&b).await.unwrap();
-    assert_eq!(db.active_ids().await.unwrap().len(), 2);
-
-    let stale = a.clone();
-    a.transition(RecordingState::Completed, t + time::Duration::seconds(30), "BYE");
-    a.duration_ms = 30_000;
-    db.upsert(&a).await.unwrap();
-    db.upsert(&stale).await.unwrap(); // late active snapshot
-    let got = db.get(a.id).await.unwrap().unwrap();
-    assert_eq!(got.state, RecordingState::Completed);
-    assert_eq!(got.duration_ms, 30_000);
-
-    let all = db.list(&ListQuery::default()).await.unwrap();
-    assert_eq!(all.iter().map(|m| m.id).collect::<Vec<_>>(), vec![b.id, a.id], "newest first");
-    let q = ListQuery { state: Some(RecordingState::Completed), ..Default::default() };
-    assert_eq!(db.list(&q).await.unwrap().len(), 1);
-    let q = ListQuery { party: Some("4420".into()), ..Default::default() };
-    assert_eq!(db.list(&q).await.unwrap()[0].id, b.id);
-    let q = ListQuery { party: Some("alice agent".into()), ..Default::default() };
-    assert_eq!(db.list(&q).await.unwrap().len(), 2, "names match case-insensitively");
-    let q = ListQuery { since: Some(t + time::Duration::minutes(1)), ..Default::default() };
-    assert_eq!(db.list(&q).await.unwrap().len(), 1);
-    assert_eq!(db.count_by_state().await.unwrap(), vec![("active".to_owned(), 1), ("completed".to_owned(), 1)]);
+    let db = SqliteIndex::open(&dir.db_path()).await.unwrap();
+    conformance::recording_index(&db).await;
+    let kept = db.list(&Default::default()).await.unwrap();
     db.close().await;
-
     // Reopening runs migrations idempotently and keeps data.
-    let db = MetaDb::open(&dir.db_path()).await.unwrap();
-    assert!(db.get(b.id).await.unwrap().is_some());
+    let db = SqliteIndex::open(&dir.db_path()).await.unwrap();
+    assert_eq!(db.list(&Default::default()).await.unwrap(), kept);
     db.close().await;
     fs::remove_dir_all(root).unwrap();
+}
+
+#[test]
+fn local_blob_store_passes_the_conformance_suite() {
+    let root = tempdir("blobs");
+    let scratch = tempdir("blobs-scratch");
+    conformance::blob_store(&LocalBlobs::new(&root), &scratch);
+    fs::remove_dir_all(root).unwrap();
+    fs::remove_dir_all(scratch).unwrap();
 }

@@ -179,5 +179,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
+    // The load generator's pacer threads run until the process ends.
+    rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

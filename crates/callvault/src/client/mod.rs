@@ -116,6 +116,11 @@ pub struct CallArgs {
     /// Seconds to wait for the final answer to an INVITE.
     #[arg(long, default_value_t = 10.0)]
     pub setup_timeout: f64,
+    /// SIPREC: the communication session id in the metadata (default:
+    /// random per call). Two clients with the same id act like an SBC
+    /// forking one call to two recorders.
+    #[arg(long)]
+    pub session_id: Option<String>,
     /// Print a JSON summary (with every call) instead of text.
     #[arg(long)]
     pub json: bool,
@@ -307,7 +312,8 @@ fn xml_escape(s: &str) -> String {
 fn metadata_xml(a: &CallArgs) -> String {
     let t = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let id = |p: &str| format!("{p}{:016x}", fastrand::u64(..));
-    let (g, s, pa, pb, sa, sb) = (id("g"), id("s"), id("pa"), id("pb"), id("sa"), id("sb"));
+    let (g, pa, pb, sa, sb) = (id("g"), id("pa"), id("pb"), id("sa"), id("sb"));
+    let s = a.session_id.as_deref().map(xml_escape).unwrap_or_else(|| id("s"));
     let aor = |n: &str| xml_escape(&format!("sip:{n}@callvault.test"));
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>

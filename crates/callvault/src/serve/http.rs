@@ -2,31 +2,33 @@
 //! a JSON API over recordings, audio download (with HTTP Range, so players
 //! can seek), administrator actions and Prometheus metrics.
 
-use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use model::{RecordingId, RecordingMeta, RecordingState};
 use serde::Deserialize;
 use serde_json::json;
-use store::{DataDir, ListQuery, MetaDb};
+use store::{BlobKey, BlobStore, ListQuery, RecordingIndex};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use tower::ServiceExt;
-use tower_http::services::ServeFile;
 
+use super::cluster::Cluster;
 use super::core::{status, AdminCmd, AdminTx};
-use super::metrics;
+use super::{download, metrics};
 
 #[derive(Clone)]
 pub struct AppState {
     pub admin: AdminTx,
-    pub db: MetaDb,
-    pub dir: DataDir,
+    pub db: Arc<dyn RecordingIndex>,
+    pub blobs: Arc<dyn BlobStore>,
     pub node_id: String,
+    pub cluster: Option<Arc<Cluster>>,
+    pub workers: background::Registry,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,10 +39,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status", get(api_status))
         .route("/api/recordings", get(list))
         .route("/api/recordings/active", get(active))
-        .route("/api/recordings/{id}", get(detail))
+        .route("/api/recordings/{id}", get(detail).delete(delete_recording))
         .route("/api/recordings/{id}/audio", get(audio))
         .route("/api/recordings/{id}/complete", post(complete))
         .route("/api/drain", post(drain))
+        .route("/api/workers", get(workers))
+        .route("/api/cluster", get(cluster_status))
+        .route("/api/cluster/scrub", post(cluster_scrub))
+        .route("/api/cluster/anti-entropy", post(cluster_anti_entropy))
+        .route("/api/replication", get(replication_status))
+        .route("/api/replication/retry", post(replication_retry))
+        .route("/api/settings", get(settings_list))
+        .route("/api/settings/{key}", axum::routing::put(settings_put))
         .with_state(state)
 }
 
@@ -80,10 +90,14 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> Response {
+    let cluster = match &s.cluster {
+        Some(c) => Some(cluster_figures(c).await),
+        None => None,
+    };
     match status(&s.admin).await {
         Some(st) => (
             [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            metrics::render(st),
+            metrics::render(st, cluster),
         )
             .into_response(),
         None => error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running"),
@@ -142,7 +156,11 @@ async fn list(State(s): State<AppState>, Query(p): Query<ListParams>) -> Result<
     let q =
         ListQuery { state, since, until, party: p.party, limit: p.limit.unwrap_or(100), offset: p.offset.unwrap_or(0) };
     let recs = s.db.list(&q).await.map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
-    Ok(Json(json!({ "recordings": recs })).into_response())
+    let mut out = Vec::with_capacity(recs.len());
+    for r in recs {
+        out.push(with_location(&s, r).await);
+    }
+    Ok(Json(json!({ "recordings": out })).into_response())
 }
 
 async fn active(State(s): State<AppState>) -> Response {
@@ -174,27 +192,35 @@ async fn find(s: &AppState, id: RecordingId) -> Result<RecordingMeta, ApiError> 
     }
 }
 
-async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<RecordingMeta>, ApiError> {
+async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
-    Ok(Json(find(&s, id).await?))
+    let meta = find(&s, id).await?;
+    Ok(Json(with_location(&s, meta).await))
 }
 
-async fn audio(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Result<Response, ApiError> {
+async fn audio(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let meta = find(&s, id).await?;
     if meta.state == RecordingState::Active {
         return Err(api_error(StatusCode::CONFLICT, "recording in progress; audio is available when it ends"));
     }
-    let audio = meta.audio.ok_or_else(|| api_error(StatusCode::NOT_FOUND, "this recording has no audio"))?;
-    let path = s.dir.resolve(audio.path.as_ref());
-    let resp = ServeFile::new_with_mime(&path, &"audio/wav".parse().expect("valid mime"))
-        .oneshot(req)
-        .await
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut resp = resp.map(Body::new);
-    if resp.status() == StatusCode::NOT_FOUND {
-        return Err(api_error(StatusCode::NOT_FOUND, "audio file missing on this node"));
+    let audio = meta.audio.clone().ok_or_else(|| api_error(StatusCode::NOT_FOUND, "this recording has no audio"))?;
+    if let Some(c) = &s.cluster {
+        if c.index.audio_here(id).await.ok().flatten() == Some(false) {
+            // Only the metadata reached this node so far: serve the audio from a node that has it.
+            return proxy_audio(c, &meta, &headers).await;
+        }
     }
+    let key = BlobKey::parse(&audio.path)
+        .ok_or_else(|| api_error(StatusCode::INTERNAL_SERVER_ERROR, "stored audio key is not valid"))?;
+    let blobs = s.blobs.clone();
+    let k = key.clone();
+    let len = tokio::task::spawn_blocking(move || blobs.len(&k))
+        .await
+        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("blob store: {e}")))?
+        .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "audio file missing on this node"))?;
+    let mut resp = download::serve(s.blobs.clone(), key, len, &headers, "audio/wav");
     let disposition = format!("attachment; filename=\"{id}.wav\"");
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
@@ -203,6 +229,102 @@ async fn audio(State(s): State<AppState>, Path(id): Path<String>, req: Request) 
         resp.headers_mut().insert("x-content-sha256", sha);
     }
     Ok(resp)
+}
+
+/// Streams a recording's audio from a live peer that holds it (the node
+/// that recorded it first), passing the Range through.
+async fn proxy_audio(c: &Arc<Cluster>, meta: &RecordingMeta, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    for (node, url) in c.live_peers(Some(&meta.node_id)) {
+        let (c2, id, range) = (c.clone(), meta.id, range.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let (head_tx, head_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let r = c2.client.get_stream(&url, &format!("/cluster/v1/recordings/{id}/audio"), range.as_deref());
+            let (status, hdrs, mut body) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = head_tx.send(Err(e));
+                    return;
+                }
+            };
+            if head_tx.send(Ok((status, hdrs))).is_err() || !(status == 200 || status == 206) {
+                return;
+            }
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match std::io::Read::read(&mut body, &mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let (status, hdrs) = match head_rx.await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %node, error = %e, "audio proxy: peer unreachable");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if !(status == 200 || status == 206) {
+            continue;
+        }
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let mut resp = Response::new(axum::body::Body::from_stream(stream));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        for (k, v) in hdrs {
+            if ["content-type", "content-length", "content-range", "accept-ranges"]
+                .contains(&k.to_ascii_lowercase().as_str())
+            {
+                if let (Ok(name), Ok(value)) = (header::HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v))
+                {
+                    resp.headers_mut().insert(name, value);
+                }
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&node.0) {
+            resp.headers_mut().insert("x-served-by-node", v);
+        }
+        if let Some(sha) =
+            meta.audio.as_ref().and_then(|a| a.sha256.as_deref()).and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            resp.headers_mut().insert("x-content-sha256", sha);
+        }
+        return Ok(resp);
+    }
+    Err(api_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audio is on another node, and no node holding it is reachable now",
+    ))
+}
+
+/// Adds where the audio is to a recording's JSON (cluster members only).
+async fn with_location(s: &AppState, meta: RecordingMeta) -> serde_json::Value {
+    let mut v = serde_json::to_value(&meta).expect("metadata serializes");
+    if let Some(c) = &s.cluster {
+        let here = c.index.audio_here(meta.id).await.ok().flatten();
+        v["audio_here"] = json!(here.unwrap_or(true));
+        let at = if here == Some(false) { meta.node_id.0.clone() } else { c.me.0.clone() };
+        v["audio_at"] = json!(at);
+        if let Some(key) = &meta.call_key {
+            if let Ok(copies) = c.index.same_call(key).await {
+                v["copies"] = json!(copies
+                    .iter()
+                    .map(|m| json!({"id": m.id, "node": m.node_id, "state": m.state, "duration_ms": m.duration_ms}))
+                    .collect::<Vec<_>>());
+            }
+        }
+    }
+    v
 }
 
 async fn complete(State(s): State<AppState>, Path(id): Path<String>) -> Response {
@@ -231,4 +353,172 @@ async fn drain(State(s): State<AppState>, Json(body): Json<DrainBody>) -> Respon
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
     }
     Json(json!({ "draining": body.draining })).into_response()
+}
+
+// ----- cluster -----
+
+async fn cluster_figures(c: &Arc<Cluster>) -> metrics::ClusterFigures {
+    use std::sync::atomic::Ordering::Relaxed;
+    let view = c.membership.lock().expect("membership lock").view(std::time::Instant::now());
+    let k = &c.counters;
+    let now = super::cluster::now_ms();
+    let targets = c
+        .index
+        .outbox_stats()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.target, s.depth, s.oldest_enqueued_ms.map_or(0.0, |o| (now - o).max(0) as f64 / 1000.0), s.failing))
+        .collect();
+    metrics::ClusterFigures {
+        peers_known: view.len() as u64,
+        peers_alive: view.iter().filter(|p| p.alive).count() as u64,
+        is_leader: c.is_leader(),
+        quarantined: c.quarantined.load(Relaxed),
+        auth_refused: k.auth_refused.load(Relaxed),
+        replicated_items: k.replicated_items.load(Relaxed),
+        replicated_bytes: k.replicated_bytes.load(Relaxed),
+        replication_failures: k.replication_failures.load(Relaxed),
+        received_copies: k.received_copies.load(Relaxed),
+        rejected_copies: k.rejected_copies.load(Relaxed),
+        anti_entropy_rounds: k.anti_entropy_rounds.load(Relaxed),
+        anti_entropy_pulled: k.anti_entropy_pulled.load(Relaxed),
+        scrub_checked: k.scrub_checked.load(Relaxed),
+        scrub_corrupt: k.scrub_corrupt.load(Relaxed),
+        scrub_repaired: k.scrub_repaired.load(Relaxed),
+        purged: k.purged.load(Relaxed),
+        lag_ms_max: k.lag_ms_max.load(Relaxed),
+        targets,
+    }
+}
+
+fn cluster_of(s: &AppState) -> Result<&Arc<Cluster>, ApiError> {
+    s.cluster.as_ref().ok_or_else(|| {
+        api_error(StatusCode::NOT_FOUND, "this node is not part of a cluster (cluster.listen is not set)")
+    })
+}
+
+async fn workers(State(s): State<AppState>) -> Response {
+    Json(json!({ "workers": s.workers.list() })).into_response()
+}
+
+async fn cluster_status(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    c.is_leader(); // refresh the leader view
+    Ok(Json(super::cluster::status_json(c)).into_response())
+}
+
+/// Per target: the outbox (depth, oldest item, last error) and its worker.
+async fn replication_status(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    let stats =
+        c.index.outbox_stats().await.map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+    let workers = s.workers.list();
+    let mut targets = serde_json::Map::new();
+    let mut names: Vec<String> = c.targets();
+    names.extend(stats.iter().map(|s| s.target.clone()));
+    names.sort();
+    names.dedup();
+    let now = super::cluster::now_ms();
+    for t in names {
+        let st = stats.iter().find(|s| s.target == t).cloned().unwrap_or_default();
+        let worker = workers.iter().find(|w| w.name == format!("replicate:{t}"));
+        targets.insert(
+            t.clone(),
+            json!({
+                "depth": st.depth,
+                "meta_depth": st.meta_depth,
+                "oldest_item_age_secs": st.oldest_enqueued_ms.map(|o| (now - o).max(0) as f64 / 1000.0),
+                "failing": st.failing,
+                "last_error": st.last_error,
+                "bytes_per_sec": worker.and_then(|w| w.status.bytes_per_sec),
+                "bytes_total": worker.map(|w| w.status.bytes_total),
+                "items_done": worker.map(|w| w.status.items_done),
+                "worker_state": worker.map(|w| w.state),
+                "window": worker.and_then(|w| w.status.progress.clone()),
+            }),
+        );
+    }
+    let k = &c.counters;
+    let count = k.lag_count.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(Json(json!({
+        "targets": targets,
+        "lag_ms_avg": (count > 0).then(|| k.lag_ms_sum.load(std::sync::atomic::Ordering::Relaxed) / count),
+        "lag_ms_max": k.lag_ms_max.load(std::sync::atomic::Ordering::Relaxed),
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RetryBody {
+    target: Option<String>,
+}
+
+async fn replication_retry(State(s): State<AppState>, body: Option<Json<RetryBody>>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    let target = body.and_then(|b| b.0.target);
+    let n = c
+        .index
+        .outbox_retry(target.as_deref(), super::cluster::now_ms())
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+    c.outbox_wake.notify_waiters();
+    tracing::info!(target = ?target, items = n, "replication retry requested");
+    Ok(Json(json!({ "rescheduled": n })).into_response())
+}
+
+async fn cluster_scrub(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    let (checked, corrupt, repaired) = super::cluster::jobs::scrub(c).await;
+    Ok(Json(json!({ "checked": checked, "corrupt": corrupt, "repaired": repaired })).into_response())
+}
+
+async fn cluster_anti_entropy(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    c.anti_entropy_now.notify_one();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "anti_entropy": "started" }))).into_response())
+}
+
+async fn settings_list(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    Ok(Json(json!({ "settings": super::cluster::heartbeat::all_settings(c).await })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct SettingBody {
+    value: serde_json::Value,
+}
+
+async fn settings_put(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Json(body): Json<SettingBody>,
+) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    let set = super::cluster::heartbeat::set_setting(c, &key, body.value)
+        .await
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    Ok(Json(json!({ "setting": set })).into_response())
+}
+
+/// Deletes a finished recording on every node (tombstone pushed to the peers).
+async fn delete_recording(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    let id = parse_id(&id)?;
+    let meta = find(&s, id).await?;
+    if meta.state == RecordingState::Active {
+        return Err(api_error(StatusCode::CONFLICT, "recording in progress"));
+    }
+    let stamp = c.clock.lock().expect("clock lock").now(super::cluster::now_ms() as u64);
+    let t = store::Tombstone {
+        id,
+        started_at_ms: (meta.started_at.unix_timestamp_nanos() / 1_000_000) as i64,
+        deleted_at_ms: super::cluster::now_ms(),
+        stamp: stamp.to_string(),
+        reason: "deleted by administrator".into(),
+    };
+    c.apply_tombstone(&t).await.map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    super::cluster::jobs::push_tombstones(c, std::slice::from_ref(&t)).await;
+    tracing::warn!(recording = %id, "recording deleted by administrator");
+    Ok(Json(json!({ "deleted": id })).into_response())
 }

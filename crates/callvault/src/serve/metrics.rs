@@ -10,8 +10,32 @@ use prometheus_client::registry::Registry;
 
 use super::core::NodeStatus;
 
+/// Cluster figures for a scrape (absent on a single node).
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    pub peers_known: u64,
+    pub peers_alive: u64,
+    pub is_leader: bool,
+    pub quarantined: bool,
+    pub auth_refused: u64,
+    pub replicated_items: u64,
+    pub replicated_bytes: u64,
+    pub replication_failures: u64,
+    pub received_copies: u64,
+    pub rejected_copies: u64,
+    pub anti_entropy_rounds: u64,
+    pub anti_entropy_pulled: u64,
+    pub scrub_checked: u64,
+    pub scrub_corrupt: u64,
+    pub scrub_repaired: u64,
+    pub purged: u64,
+    pub lag_ms_max: u64,
+    /// (target, depth, oldest item age in seconds, failing items)
+    pub targets: Vec<(String, u64, f64, u64)>,
+}
+
 #[derive(Debug)]
-struct StatusCollector(NodeStatus);
+struct StatusCollector(NodeStatus, Option<ClusterFigures>);
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
@@ -139,6 +163,9 @@ impl Collector for StatusCollector {
         counter(&mut enc, "callvault_rtcp_packets", "RTCP packets read", m.rtcp_packets)?;
         counter(&mut enc, "callvault_dtmf_events", "DTMF key presses recorded", m.dtmf_events)?;
         gauge(&mut enc, "callvault_media_streams", "RTP streams being received", m.active_streams as i64)?;
+        if let Some(c) = &self.1 {
+            encode_cluster(&mut enc, c)?;
+        }
         gauge(
             &mut enc,
             "callvault_audio_write_backlog_bytes",
@@ -149,10 +176,93 @@ impl Collector for StatusCollector {
     }
 }
 
-/// The Prometheus text exposition of `status`.
-pub fn render(status: NodeStatus) -> String {
+fn encode_cluster(enc: &mut DescriptorEncoder, c: &ClusterFigures) -> Result<(), std::fmt::Error> {
+    gauge(enc, "callvault_cluster_peers_known", "Peers this node knows", c.peers_known as i64)?;
+    gauge(enc, "callvault_cluster_peers_alive", "Peers that answered a heartbeat recently", c.peers_alive as i64)?;
+    gauge(enc, "callvault_cluster_is_leader", "1 while this node holds the maintenance job lease", c.is_leader as i64)?;
+    gauge(
+        enc,
+        "callvault_cluster_quarantined",
+        "1 while this node catches up after an absence longer than the tombstone horizon",
+        c.quarantined as i64,
+    )?;
+    counter(
+        enc,
+        "callvault_cluster_auth_refused",
+        "Inter-node requests refused (bad or missing signature)",
+        c.auth_refused,
+    )?;
+    counter(
+        enc,
+        "callvault_replication_items",
+        "Outbox items a target confirmed (metadata or verified audio)",
+        c.replicated_items,
+    )?;
+    counter(enc, "callvault_replication_bytes", "Audio bytes sent to targets", c.replicated_bytes)?;
+    counter(
+        enc,
+        "callvault_replication_failures",
+        "Outbox sends that failed and were rescheduled",
+        c.replication_failures,
+    )?;
+    counter(enc, "callvault_replication_received_copies", "Verified copies received from peers", c.received_copies)?;
+    counter(
+        enc,
+        "callvault_replication_rejected_copies",
+        "Copies from peers refused (checksum or size mismatch)",
+        c.rejected_copies,
+    )?;
+    counter(enc, "callvault_anti_entropy_rounds", "Anti-entropy rounds run", c.anti_entropy_rounds)?;
+    counter(
+        enc,
+        "callvault_anti_entropy_pulled",
+        "Recordings, audio or deletions pulled by anti-entropy",
+        c.anti_entropy_pulled,
+    )?;
+    counter(enc, "callvault_scrub_checked", "Stored audio files re-hashed by the scrub", c.scrub_checked)?;
+    counter(enc, "callvault_scrub_corrupt", "Stored audio files whose checksum no longer matched", c.scrub_corrupt)?;
+    counter(enc, "callvault_scrub_repaired", "Corrupt copies repaired from a peer", c.scrub_repaired)?;
+    counter(enc, "callvault_retention_purged", "Recordings deleted by the retention purge on this node", c.purged)?;
+    gauge(
+        enc,
+        "callvault_replication_lag_max_ms",
+        "Longest time from a call's end to its verified copy on a target",
+        c.lag_ms_max as i64,
+    )?;
+    let mut fam = enc.encode_descriptor(
+        "callvault_replication_queue_depth",
+        "Outbox items waiting, by target",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for (t, depth, _, _) in &c.targets {
+        ConstGauge::new(*depth as i64).encode(fam.encode_family(&vec![("target", t.clone())])?)?;
+    }
+    let mut fam = enc.encode_descriptor(
+        "callvault_replication_oldest_item_seconds",
+        "Age of the oldest outbox item, by target",
+        None,
+        ConstGauge::new(0.0f64).metric_type(),
+    )?;
+    for (t, _, age, _) in &c.targets {
+        ConstGauge::new(*age).encode(fam.encode_family(&vec![("target", t.clone())])?)?;
+    }
+    let mut fam = enc.encode_descriptor(
+        "callvault_replication_failing_items",
+        "Outbox items that failed at least once, by target",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for (t, _, _, failing) in &c.targets {
+        ConstGauge::new(*failing as i64).encode(fam.encode_family(&vec![("target", t.clone())])?)?;
+    }
+    Ok(())
+}
+
+/// The Prometheus text exposition of `status` (and the cluster's figures).
+pub fn render(status: NodeStatus, cluster: Option<ClusterFigures>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StatusCollector(status)));
+    registry.register_collector(Box::new(StatusCollector(status, cluster)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out

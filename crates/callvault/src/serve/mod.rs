@@ -12,8 +12,11 @@
 //! is flushed and archived, then the process exits. Use drain mode first
 //! (`POST /api/drain`) for a rolling upgrade that interrupts nothing.
 
+pub mod cluster;
 pub mod core;
+mod download;
 pub mod http;
+mod memory;
 pub mod metrics;
 pub mod persist;
 pub mod transport;
@@ -29,7 +32,7 @@ use model::{NodeId, RecordingState};
 use recorder::{Recorder, RecorderConfig};
 use serde_json::json;
 use sip_proto::TimerConfig;
-use store::{Archive, DataDir, MetaDb};
+use store::{Archive, ClusterIndex, DataDir, Stores};
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -41,7 +44,12 @@ use crate::config::Config;
 
 /// Finishes what a previous run left behind. Returns how many recordings
 /// were recovered.
-pub async fn recover(archive: &Archive, db: &MetaDb, node: &NodeId) -> anyhow::Result<usize> {
+pub async fn recover(
+    archive: &Archive,
+    db: &dyn ClusterIndex,
+    replication: &persist::Replication,
+    node: &NodeId,
+) -> anyhow::Result<usize> {
     let now = OffsetDateTime::now_utc();
     let a = archive.clone();
     let n = node.clone();
@@ -62,7 +70,7 @@ pub async fn recover(archive: &Archive, db: &MetaDb, node: &NodeId) -> anyhow::R
         }
     }
     let total = found.len();
-    let failed = persist::finish_all(archive, db, found).await;
+    let failed = persist::finish_all(archive, db, replication, found).await;
     if failed > 0 {
         tracing::error!(failed, "recordings could not be finished; they stay in the spool for the next start");
     }
@@ -115,9 +123,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         dir.try_lock()?.with_context(|| format!("another callvault is already serving {}", cfg.data_dir.display()))?;
     let node = NodeId(dir.node_id(cfg.node_id.as_deref())?);
     tracing::info!(node = %node, data_dir = %cfg.data_dir.display(), "starting");
-    let db = MetaDb::open(&dir.db_path()).await.context("opening the metadata index")?;
-    let archive = Archive::new(dir.clone());
-    let recovered = recover(&archive, &db, &node).await?;
+    let stores = Stores::open_local(&dir).await.context("opening the metadata index")?;
+    let (db, archive) = (stores.index.clone(), stores.archive.clone());
+    let (stop_workers_tx, stop_workers) = watch::channel(false);
+    let runner = background::Runner::new(background::Registry::default(), stop_workers);
+    let cluster = if cfg.cluster.enabled() {
+        let blobs = stores.archive.blobs().clone();
+        Some(cluster::start(node.clone(), cfg.cluster.clone(), db.clone(), blobs, dir.root(), &runner).await?)
+    } else {
+        None
+    };
+    let replication = persist::Replication(cluster.as_ref().map(|s| s.cluster.clone()));
+    let recovered = recover(&archive, db.as_ref(), &replication, &node).await?;
     if recovered > 0 {
         tracing::warn!(recovered, "recordings left in progress by the previous run were finished as interrupted");
     }
@@ -186,6 +203,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     rcfg.timers = TimerConfig { t1: Duration::from_millis(cfg.sip.t1_ms.max(1)), ..TimerConfig::default() };
     rcfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs);
     rcfg.save_timeout = Duration::from_millis(cfg.storage.metadata_save_timeout_ms.max(1));
+    rcfg.max_pending_answers = cfg.storage.max_pending_saves.max(1);
     let recorder = Recorder::new(rcfg, Box::new(pool));
     let (admin_tx, admin_rx) = mpsc::channel(256);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -204,7 +222,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     };
     let core_handle = tokio::spawn(core.run());
-    let persist_handle = tokio::spawn(persist::run(persist_rx, saved_tx, backlog, archive, db.clone()));
+    let persist_handle =
+        tokio::spawn(persist::run(persist_rx, saved_tx, backlog, archive, db.clone(), replication.clone()));
+    if let Some(s) = &cluster {
+        cluster::feed_local_state(s.cluster.clone(), admin_tx.clone(), dir.clone(), cfg.sip.max_calls);
+    }
+
+    memory::spawn_trimmer(Duration::from_secs(60));
 
     // Storage health.
     {
@@ -237,9 +261,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         http_addr = Some(listener.local_addr()?);
         let app = http::router(http::AppState {
             admin: admin_tx.clone(),
-            db: db.clone(),
-            dir: dir.clone(),
+            db: db.clone() as Arc<dyn store::RecordingIndex>,
+            blobs: stores.archive.blobs().clone(),
             node_id: node.0.clone(),
+            cluster: cluster.as_ref().map(|s| s.cluster.clone()),
+            workers: runner.registry().clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -254,6 +280,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "sip_udp": udp_addr.map(|a| a.to_string()),
         "sip_tcp": tcp_addr.map(|a| a.to_string()),
         "http": http_addr.map(|a| a.to_string()),
+        "cluster": cluster.as_ref().map(|s| s.cluster.url.clone()),
+        "cluster_listen": cluster.as_ref().map(|s| s.addr.to_string()),
     });
     store::durable_write(&dir.root().join("listen.json"), listen.to_string().as_bytes())?;
     tracing::info!(sip_udp = ?udp_addr, sip_tcp = ?tcp_addr, http = ?http_addr, "ready");
@@ -261,6 +289,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    let _ = stop_workers_tx.send(true);
     let _ = core_handle.await;
     drop(admin_tx);
     let _ = persist_handle.await;

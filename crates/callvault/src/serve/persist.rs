@@ -23,7 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use model::{RecordingId, RecordingMeta, RecordingState};
-use store::{Archive, MetaDb};
+use store::{Archive, ClusterIndex, RecordingIndex};
+
+use super::cluster::Cluster;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
@@ -59,6 +61,23 @@ const ARCHIVE_BATCH: usize = 256;
 /// the saves that calls being set up wait for.
 const ARCHIVE_CONCURRENCY: usize = 1;
 
+/// Where this node's finished recordings go besides the index: the
+/// cluster's replication targets (none for a single node).
+#[derive(Debug, Clone, Default)]
+pub struct Replication(pub Option<Arc<Cluster>>);
+
+impl Replication {
+    fn targets(&self) -> Vec<String> {
+        self.0.as_ref().map(|c| c.targets()).unwrap_or_default()
+    }
+
+    fn queued(&self) {
+        if let Some(c) = &self.0 {
+            c.outbox_wake.notify_waiters();
+        }
+    }
+}
+
 /// Recordings that ended but are not yet archived and indexed (queued,
 /// in progress, or waiting to retry because the index is down): a gauge
 /// for /metrics, written by the worker.
@@ -80,7 +99,12 @@ pub enum Ended {
 /// entries. Returns those to try again later (the index or the disk
 /// failed), with their metadata; every step is idempotent, so a retry or a
 /// crash half-way repeats nothing harmful.
-pub async fn archive_batch(archive: &Archive, db: &MetaDb, items: Vec<Ended>) -> Vec<RecordingMeta> {
+pub async fn archive_batch(
+    archive: &Archive,
+    db: &dyn ClusterIndex,
+    replication: &Replication,
+    items: Vec<Ended>,
+) -> Vec<RecordingMeta> {
     if items.is_empty() {
         return Vec::new();
     }
@@ -126,7 +150,17 @@ pub async fn archive_batch(archive: &Archive, db: &MetaDb, items: Vec<Ended>) ->
         return retry;
     }
     let refs: Vec<&RecordingMeta> = done.iter().collect();
-    if let Err(e) = db.upsert_many(&refs).await {
+    let targets = replication.targets();
+    let indexed = if targets.is_empty() {
+        db.upsert_many(&refs).await
+    } else {
+        let lanes = [model::replica::Lane::Meta, model::replica::Lane::Audio];
+        db.upsert_and_enqueue(&refs, &targets, &lanes, super::cluster::now_ms()).await
+    };
+    if !targets.is_empty() && indexed.is_ok() {
+        replication.queued();
+    }
+    if let Err(e) = indexed {
         tracing::warn!(recordings = done.len(), error = %e, "index unavailable; will retry");
         retry.extend(done);
         return retry;
@@ -153,12 +187,17 @@ pub async fn archive_batch(archive: &Archive, db: &MetaDb, items: Vec<Ended>) ->
 /// Finishes recordings whose final metadata is only in memory (recovery,
 /// offline completion). Returns how many could not be finished (they stay
 /// in the spool for the next start).
-pub async fn finish_all(archive: &Archive, db: &MetaDb, metas: Vec<RecordingMeta>) -> usize {
+pub async fn finish_all(
+    archive: &Archive,
+    db: &dyn ClusterIndex,
+    replication: &Replication,
+    metas: Vec<RecordingMeta>,
+) -> usize {
     let mut failed = 0;
     let mut items: Vec<Ended> = metas.into_iter().map(|m| Ended::InMemory(Box::new(m))).collect();
     while !items.is_empty() {
         let rest = items.split_off(items.len().min(ARCHIVE_BATCH));
-        failed += archive_batch(archive, db, std::mem::replace(&mut items, rest)).await.len();
+        failed += archive_batch(archive, db, replication, std::mem::replace(&mut items, rest)).await.len();
     }
     failed
 }
@@ -187,7 +226,7 @@ impl ActiveIndexer {
         self.pending.lock().expect("indexer lock").remove(&id);
     }
 
-    async fn run(self, db: MetaDb) {
+    async fn run(self, db: Arc<dyn RecordingIndex>) {
         loop {
             self.wake.notified().await;
             let batch = std::mem::take(&mut *self.pending.lock().expect("indexer lock"));
@@ -270,7 +309,8 @@ pub async fn run(
     acks: mpsc::UnboundedSender<SaveAck>,
     backlog: Backlog,
     archive: Archive,
-    db: MetaDb,
+    db: Arc<dyn ClusterIndex>,
+    replication: Replication,
 ) {
     // Recordings between their first save and their close: a snapshot of
     // any other (one that would land after the close) is dropped, so no
@@ -291,7 +331,7 @@ pub async fn run(
     let mut batch_sizes: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
     let indexer = ActiveIndexer::default();
-    let indexing = tokio::spawn(indexer.clone().run(db.clone()));
+    let indexing = tokio::spawn(indexer.clone().run(db.clone() as Arc<dyn RecordingIndex>));
     loop {
         tokio::select! {
             job = rx.recv() => {
@@ -380,8 +420,8 @@ pub async fn run(
             let n = waiting.len().min(ARCHIVE_BATCH);
             let items: Vec<Ended> = waiting.drain(..n).collect();
             in_memory -= items.iter().filter(|i| matches!(i, Ended::InMemory(_))).count();
-            let (a, d) = (archive.clone(), db.clone());
-            let task = tasks.spawn(async move { archive_batch(&a, &d, items).await });
+            let (a, d, r) = (archive.clone(), db.clone(), replication.clone());
+            let task = tasks.spawn(async move { archive_batch(&a, d.as_ref(), &r, items).await });
             batch_sizes.insert(task.id(), n);
         }
         let in_flight: usize = batch_sizes.values().sum();
@@ -400,7 +440,7 @@ pub async fn run(
     while !items.is_empty() {
         let rest = items.split_off(items.len().min(ARCHIVE_BATCH));
         let batch = std::mem::replace(&mut items, rest);
-        let failed = archive_batch(&archive, &db, batch).await;
+        let failed = archive_batch(&archive, db.as_ref(), &replication, batch).await;
         // Their real end goes to the spool, so the next start finishes them as they ended.
         let (_, saved) = save_spool(&archive, &acks, Vec::new(), &failed).await;
         for (meta, ok) in failed.iter().zip(saved) {

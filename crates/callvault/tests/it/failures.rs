@@ -269,3 +269,48 @@ fn an_index_outage_delays_no_answer_and_is_caught_up() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A call that ended while the index was down waits in the spool with its
+/// real end: killed and restarted, the node archives it `completed` with
+/// its reason, not `interrupted`.
+#[test]
+fn a_finished_call_waiting_for_the_index_keeps_its_end_across_kill_9() {
+    use sqlx::Connection;
+    let mut node = Node::start("index-outage-kill");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = format!("sqlite://{}", node.dir.join("callvault.db").display());
+    let mut blocker = rt.block_on(sqlx::SqliteConnection::connect(&url)).unwrap();
+    rt.block_on(sqlx::query("BEGIN EXCLUSIVE").execute(&mut blocker)).unwrap();
+
+    let s = call(node.sip_udp, &["--calls", "2", "--concurrency", "2", "--duration", "1"]);
+    assert_eq!(s["established"], 2, "{s:#}");
+    // The archive gives up on the locked index and writes each end to the spool.
+    let spool = node.dir.join("spool");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ended = std::fs::read_dir(&spool)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains("\"state\": \"completed\""))
+            .count();
+        if ended == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ends not spooled ({ended} of 2); log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.kill9();
+    rt.block_on(sqlx::query("ROLLBACK").execute(&mut blocker)).unwrap();
+    drop(blocker);
+
+    let node = node.restart();
+    let done = node.recordings("?state=completed");
+    assert_eq!(done.len(), 2, "{done:#?}\nlog:\n{}", node.log());
+    for r in &done {
+        let last = r["state_history"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["reason"], "BYE from recording source", "{r:#}");
+        assert!(r["audio"]["sha256"].is_string(), "{r:#}");
+    }
+    assert!(node.recordings("?state=interrupted").is_empty());
+}

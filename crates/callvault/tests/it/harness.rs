@@ -23,6 +23,8 @@ pub struct Node {
     pub sip_udp: SocketAddr,
     pub sip_tcp: SocketAddr,
     pub http: SocketAddr,
+    /// The cluster API URL, when the node is a cluster member.
+    pub cluster: Option<String>,
     env: Vec<(String, String)>,
     ports: (u16, u16),
     wrapper: Vec<String>,
@@ -85,6 +87,7 @@ impl Node {
             sip_udp: addr("sip_udp"),
             sip_tcp: addr("sip_tcp"),
             http: addr("http"),
+            cluster: listen["cluster"].as_str().map(str::to_owned),
             dir,
             env,
             ports,
@@ -99,6 +102,15 @@ impl Node {
         let wrapper = std::mem::take(&mut self.wrapper);
         std::mem::forget(self);
         Node::spawn(dir, env, ports, wrapper)
+    }
+
+    /// Starts the node again with some environment variables changed.
+    pub fn restart_with(mut self, env: &[(&str, String)]) -> Node {
+        for (k, v) in env {
+            self.env.retain(|(ek, _)| ek != k);
+            self.env.push((k.to_string(), v.clone()));
+        }
+        self.restart()
     }
 
     /// `kill -9`: no cleanup at all.
@@ -192,6 +204,12 @@ impl Drop for Node {
     }
 }
 
+/// A loopback port free right now (for addresses that must stay the same
+/// across a restart).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 pub fn read_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
 }
@@ -200,6 +218,8 @@ pub fn http_json(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let resp = match (method, body) {
         ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
         (_, Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
         (_, None) => agent.post(url).send_empty(),
     };

@@ -1,0 +1,370 @@
+//! The node's side of the cluster: the inter-node API ([`api`]), the peer
+//! client ([`client`]), and the background workers that use them —
+//! heartbeats and settings ([`heartbeat`]), the replication outbox per
+//! target ([`replicate`]), anti-entropy ([`antientropy`]) and the leader's
+//! jobs ([`jobs`]). The decisions are the `cluster` crate's (pure); this
+//! module reads the clock, the sockets and the stores for them.
+
+pub mod antientropy;
+pub mod api;
+pub mod client;
+pub mod heartbeat;
+pub mod jobs;
+pub mod replicate;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::{Clock, Load, Membership, NodeStatus, Schedule, Timing};
+use model::{NodeId, RecordingMeta};
+use store::{BlobKey, BlobPut, BlobStore, ClusterIndex, Tombstone};
+use tokio::sync::Notify;
+
+use self::client::PeerClient;
+use crate::config::ClusterConfig;
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    pub auth_refused: AtomicU64,
+    pub replicated_items: AtomicU64,
+    pub replicated_bytes: AtomicU64,
+    pub replication_failures: AtomicU64,
+    pub received_copies: AtomicU64,
+    pub rejected_copies: AtomicU64,
+    pub anti_entropy_rounds: AtomicU64,
+    pub anti_entropy_pulled: AtomicU64,
+    pub scrub_checked: AtomicU64,
+    pub scrub_repaired: AtomicU64,
+    pub scrub_corrupt: AtomicU64,
+    pub purged: AtomicU64,
+    /// Milliseconds from a recording's end to its verified copy on a target (sum, count, max).
+    pub lag_ms_sum: AtomicU64,
+    pub lag_count: AtomicU64,
+    pub lag_ms_max: AtomicU64,
+}
+
+/// What the core reports for the heartbeat (refreshed every second).
+#[derive(Debug, Clone, Default)]
+pub struct LocalState {
+    pub ready: bool,
+    pub load: Load,
+}
+
+/// Everything the cluster side of a node shares. See the module docs.
+pub struct Cluster {
+    pub me: NodeId,
+    pub cfg: ClusterConfig,
+    pub url: String,
+    pub generation: u64,
+    pub index: Arc<dyn ClusterIndex>,
+    pub blobs: Arc<dyn BlobStore>,
+    /// Partial uploads from peers.
+    pub incoming: PathBuf,
+    pub membership: Mutex<Membership>,
+    pub clock: Mutex<Clock>,
+    pub client: PeerClient,
+    pub secret: Vec<u8>,
+    pub local: Mutex<LocalState>,
+    pub settings_digest: Mutex<String>,
+    /// Wakes the replication workers (a recording was queued).
+    pub outbox_wake: Notify,
+    /// Wakes the heartbeat worker (a setting changed: push it now).
+    pub settings_changed: Notify,
+    /// Starts an anti-entropy round now (an operator asked).
+    pub anti_entropy_now: Arc<Notify>,
+    pub counters: ClusterCounters,
+    /// The leader's view, for status.
+    pub leader: Mutex<Option<NodeId>>,
+    /// Set while this node's last full sync is older than the tombstone
+    /// horizon: it serves no anti-entropy until it caught up (see docs/cluster.md).
+    pub quarantined: AtomicBool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.me).field("url", &self.url).finish()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Cluster {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: NodeId,
+        cfg: ClusterConfig,
+        secret: Vec<u8>,
+        index: Arc<dyn ClusterIndex>,
+        blobs: Arc<dyn BlobStore>,
+        incoming: PathBuf,
+    ) -> Arc<Cluster> {
+        let started = Instant::now();
+        let timing = Timing {
+            dead_after: Duration::from_millis(cfg.dead_after_ms),
+            hold_down: Duration::from_millis(cfg.leader_hold_down_ms),
+        };
+        let mut membership = Membership::new(me.clone(), started, timing);
+        for p in &cfg.peers {
+            membership.add(p);
+        }
+        let url = cfg.advertise();
+        let client = PeerClient::new(me.clone(), secret.clone(), Duration::from_secs(30));
+        Arc::new(Cluster {
+            clock: Mutex::new(Clock::new(me.clone(), cfg.max_clock_skew_ms)),
+            me,
+            url,
+            generation: now_ms() as u64,
+            index,
+            blobs,
+            incoming,
+            membership: Mutex::new(membership),
+            client,
+            secret,
+            local: Mutex::new(LocalState::default()),
+            settings_digest: Mutex::new(String::new()),
+            outbox_wake: Notify::new(),
+            settings_changed: Notify::new(),
+            anti_entropy_now: Arc::new(Notify::new()),
+            counters: ClusterCounters::default(),
+            leader: Mutex::new(None),
+            quarantined: AtomicBool::new(false),
+            cfg,
+        })
+    }
+
+    /// This node's status as peers see it.
+    pub fn my_status(&self) -> NodeStatus {
+        let local = self.local.lock().expect("local state lock").clone();
+        NodeStatus {
+            node: self.me.clone(),
+            site: self.cfg.site.clone(),
+            priority: self.cfg.priority,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            generation: self.generation,
+            url: self.url.clone(),
+            ready: local.ready,
+            load: local.load,
+            settings_digest: self.settings_digest.lock().expect("digest lock").clone(),
+        }
+    }
+
+    /// Does this node hold the maintenance lease now?
+    pub fn is_leader(&self) -> bool {
+        let now = Instant::now();
+        let me = self.my_status();
+        let leader = self.membership.lock().expect("membership lock").leader(now, &me);
+        let mine = leader.as_ref() == Some(&self.me);
+        *self.leader.lock().expect("leader lock") = leader;
+        mine
+    }
+
+    /// Node ids recordings of this node are replicated to.
+    pub fn targets(&self) -> Vec<String> {
+        let mut t: Vec<String> = self.cfg.targets.keys().cloned().collect();
+        if !self.cfg.only_listed_targets {
+            let m = self.membership.lock().expect("membership lock");
+            for v in m.view(Instant::now()) {
+                if let Some(s) = v.status {
+                    t.push(s.node.0);
+                }
+            }
+        }
+        t.retain(|n| *n != self.me.0);
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    /// The schedule and bandwidth cap of a target.
+    pub fn target_rules(&self, target: &str) -> (Schedule, u64) {
+        match self.cfg.targets.get(target) {
+            Some(t) => {
+                let zone = if t.timezone.is_empty() { "UTC" } else { &t.timezone };
+                let schedule = Schedule::parse(&t.windows, zone).unwrap_or(Schedule::Continuous);
+                (schedule, t.bandwidth_kbps * 1000 / 8)
+            }
+            None => (Schedule::Continuous, 0),
+        }
+    }
+
+    /// The URL of a live peer by node id.
+    pub fn url_of(&self, node: &NodeId) -> Option<String> {
+        self.membership.lock().expect("membership lock").url_of(Instant::now(), node)
+    }
+
+    /// Live peers' (node, url), the origin node `prefer` first.
+    pub fn live_peers(&self, prefer: Option<&NodeId>) -> Vec<(NodeId, String)> {
+        let m = self.membership.lock().expect("membership lock");
+        let now = Instant::now();
+        let mut out: Vec<(NodeId, String)> =
+            m.view(now).into_iter().filter(|v| v.alive).filter_map(|v| v.status.map(|s| (s.node, v.url))).collect();
+        out.sort_by_key(|(n, _)| (Some(n) != prefer, n.clone()));
+        out
+    }
+
+    /// Deletes a recording here for good (tombstone first, then its blobs).
+    pub async fn apply_tombstone(&self, t: &Tombstone) -> Result<bool, String> {
+        let deleted = self.index.tombstone(t).await.map_err(|e| e.to_string())?;
+        let Some(meta) = deleted else { return Ok(false) };
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || {
+            for key in [BlobKey::audio(meta.started_at, meta.id), BlobKey::meta(meta.started_at, meta.id)] {
+                if let Err(e) = blobs.delete(&key) {
+                    tracing::warn!(key = %key, error = %e, "could not delete a tombstoned blob");
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Stores a recording's metadata that came from a peer (JSON blob and
+    /// index row). Returns false when it is tombstoned here, or already past
+    /// the retention period (a copy of a recording the cluster deleted long
+    /// ago, from a node that was away: it must not come back).
+    pub async fn store_replica_meta(&self, meta: &RecordingMeta) -> Result<bool, String> {
+        if self.index.tombstoned(meta.id).await.map_err(|e| e.to_string())?.is_some() {
+            return Ok(false);
+        }
+        let retention = heartbeat::all_settings(self).await.into_iter().find(|s| s.key == "retention.days");
+        if let Some(days) = retention.and_then(|s| s.value.as_i64()).filter(|d| *d > 0) {
+            let started = (meta.started_at.unix_timestamp_nanos() / 1_000_000) as i64;
+            if now_ms() - started > days * 86_400_000 {
+                tracing::info!(recording = %meta.id, days, "refused a copy older than the retention period");
+                return Ok(false);
+            }
+        }
+        let here = self.index.audio_here(meta.id).await.map_err(|e| e.to_string())?.unwrap_or(false);
+        let (blobs, json, key) = (self.blobs.clone(), meta.to_json(), BlobKey::meta(meta.started_at, meta.id));
+        let written = tokio::task::spawn_blocking(move || blobs.put_all(vec![BlobPut::Bytes { key, data: json }]))
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(Err(e)) = written.into_iter().next() {
+            return Err(format!("storing metadata: {e}"));
+        }
+        self.index.put_replica(meta, here).await.map_err(|e| e.to_string())
+    }
+
+    /// Lag from a recording's end to now, counted when a target confirmed a copy.
+    pub fn count_lag(&self, meta: &RecordingMeta) {
+        if let Some(end) = meta.ended_at {
+            let lag = (now_ms() - (end.unix_timestamp_nanos() / 1_000_000) as i64).max(0) as u64;
+            let c = &self.counters;
+            c.lag_ms_sum.fetch_add(lag, Ordering::Relaxed);
+            c.lag_count.fetch_add(1, Ordering::Relaxed);
+            c.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A snapshot of the cluster for the public API and the CLI.
+pub fn status_json(c: &Cluster) -> serde_json::Value {
+    let now = Instant::now();
+    let peers = c.membership.lock().expect("membership lock").view(now);
+    let leader = c.leader.lock().expect("leader lock").clone();
+    serde_json::json!({
+        "node": c.me,
+        "url": c.url,
+        "site": c.cfg.site,
+        "priority": c.cfg.priority,
+        "leader": leader,
+        "is_leader": leader.as_ref() == Some(&c.me),
+        "quarantined": c.quarantined.load(Ordering::Relaxed),
+        "me": c.my_status(),
+        "peers": peers,
+        "targets": c.targets(),
+    })
+}
+
+/// A running cluster side: the shared state, the workers' registry, the
+/// bound API address.
+pub struct Started {
+    pub cluster: Arc<Cluster>,
+    pub addr: std::net::SocketAddr,
+}
+
+/// Binds the inter-node API and starts heartbeats, anti-entropy, the jobs
+/// and a replication worker per target (targets appear as peers do).
+pub async fn start(
+    me: NodeId,
+    mut cfg: ClusterConfig,
+    index: Arc<dyn ClusterIndex>,
+    blobs: Arc<dyn BlobStore>,
+    data_root: &std::path::Path,
+    runner: &background::Runner,
+) -> anyhow::Result<Started> {
+    use anyhow::Context;
+    let secret = cfg.secret()?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("binding the cluster API {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    if cfg.advertise_url.is_none() {
+        cfg.advertise_url = Some(format!("http://{addr}"));
+    }
+    let incoming = data_root.join("incoming");
+    std::fs::create_dir_all(&incoming)?;
+    let c = Cluster::new(me, cfg, secret, index, blobs, incoming);
+    for url in c.index.peers().await.unwrap_or_default() {
+        c.membership.lock().expect("membership lock").add(&url);
+    }
+    heartbeat::refresh_digest(&c).await;
+    let app = api::router(c.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "cluster API stopped");
+        }
+    });
+    runner.spawn(heartbeat::Heartbeat::new(c.clone()));
+    runner.spawn(antientropy::AntiEntropy::new(c.clone(), data_root.join("last-sync")));
+    runner.spawn(jobs::Jobs::new(c.clone()));
+    // A replication worker for every target, including ones that appear later.
+    {
+        let (c, runner) = (c.clone(), runner.clone());
+        tokio::spawn(async move {
+            let mut running = std::collections::BTreeSet::new();
+            loop {
+                let mut targets = c.targets();
+                if let Ok(stats) = c.index.outbox_stats().await {
+                    // Items queued for a node not seen since (it left, or is down at start).
+                    targets.extend(stats.into_iter().map(|s| s.target));
+                }
+                for t in targets {
+                    if running.insert(t.clone()) {
+                        runner.spawn(replicate::Replicator::new(c.clone(), t));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(c.cfg.heartbeat_ms.max(200))).await;
+            }
+        });
+    }
+    tracing::info!(url = %c.url, peers = c.cfg.peers.len(), "cluster API listening");
+    Ok(Started { cluster: c, addr })
+}
+
+/// Keeps the heartbeat's view of this node (ready, load) current from the
+/// recorder core's status, every second.
+pub fn feed_local_state(c: Arc<Cluster>, admin: crate::serve::core::AdminTx, dir: store::DataDir, max_calls: usize) {
+    tokio::spawn(async move {
+        loop {
+            if let Some(st) = crate::serve::core::status(&admin).await {
+                let free = rustix::fs::statvfs(dir.root())
+                    .map(|s| s.f_bavail.saturating_mul(s.f_frsize) / (1024 * 1024))
+                    .unwrap_or(0);
+                let mut l = c.local.lock().expect("local state lock");
+                l.ready = st.can_record.is_ok();
+                l.load =
+                    Load { active_calls: st.active_recordings as u64, capacity: max_calls as u64, free_disk_mib: free };
+            } else {
+                return; // the core stopped
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}

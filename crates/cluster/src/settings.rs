@@ -1,0 +1,134 @@
+//! Cluster settings: values every node holds the same, changed on any node.
+//!
+//! A setting is a key, a JSON value and the hybrid-clock stamp of the
+//! change that set it. Merging is last-writer-wins on the stamp: a change
+//! replaces a setting only if its stamp is greater, so nodes that receive
+//! the same changes in any order, any number of times, end with the same
+//! values (the stamp's node id breaks exact ties). A node pushes a change
+//! to every peer at once and heartbeats carry a digest of the settings, so
+//! a node that missed a push notices within a heartbeat and pulls them all.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::hlc::Hlc;
+
+/// Keys the cluster knows, and what their values must look like.
+pub const KEYS: &[(&str, &str)] = &[
+    ("retention.days", "days a finished recording is kept (0 = for ever)"),
+    ("sources.allowed", "CIDRs allowed to send calls, e.g. [\"10.0.0.0/8\"] (empty = any)"),
+    ("jobs.scrub.last_ms", "when the job leader last started a scrub (kept by the jobs)"),
+    ("jobs.retention.last_ms", "when the job leader last ran the retention purge (kept by the jobs)"),
+];
+
+/// One setting with the stamp of its last change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: serde_json::Value,
+    pub stamp: Hlc,
+}
+
+/// Checks a value for a known key.
+pub fn validate(key: &str, value: &serde_json::Value) -> Result<(), String> {
+    match key {
+        "retention.days" => value
+            .as_u64()
+            .filter(|d| *d <= 36_500)
+            .map(|_| ())
+            .ok_or_else(|| "retention.days is a number of days".into()),
+        "sources.allowed" => {
+            let list = value.as_array().ok_or("sources.allowed is a list of CIDRs")?;
+            for v in list {
+                let s = v.as_str().ok_or("sources.allowed is a list of CIDRs")?;
+                s.parse::<ipnet::IpNet>().map_err(|_| format!("{s:?} is not a CIDR"))?;
+            }
+            Ok(())
+        }
+        "jobs.scrub.last_ms" | "jobs.retention.last_ms" => {
+            value.as_i64().map(|_| ()).ok_or_else(|| format!("{key} is a time in milliseconds"))
+        }
+        other => Err(format!("unknown setting {other:?}")),
+    }
+}
+
+/// Should `incoming` replace `current`?
+pub fn wins(incoming: &Setting, current: Option<&Setting>) -> bool {
+    current.is_none_or(|c| incoming.stamp > c.stamp)
+}
+
+/// Applies changes to a set of settings; returns the keys that changed.
+pub fn merge(into: &mut BTreeMap<String, Setting>, changes: impl IntoIterator<Item = Setting>) -> Vec<String> {
+    let mut changed = Vec::new();
+    for s in changes {
+        if wins(&s, into.get(&s.key)) {
+            changed.push(s.key.clone());
+            into.insert(s.key.clone(), s);
+        }
+    }
+    changed
+}
+
+/// A short digest of a set of settings (their keys and stamps).
+pub fn digest<'a>(settings: impl IntoIterator<Item = &'a Setting>) -> String {
+    let mut h = Sha256::new();
+    let mut items: Vec<&Setting> = settings.into_iter().collect();
+    items.sort_by(|a, b| a.key.cmp(&b.key));
+    for s in items {
+        h.update(s.key.as_bytes());
+        h.update([0]);
+        h.update(s.stamp.to_string().as_bytes());
+        h.update([0]);
+    }
+    let d = h.finalize();
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::NodeId;
+    use serde_json::json;
+
+    fn set(key: &str, value: serde_json::Value, wall: u64, node: &str) -> Setting {
+        Setting { key: key.into(), value, stamp: Hlc { wall_ms: wall, counter: 0, node: NodeId(node.into()) } }
+    }
+
+    /// Concurrent changes arriving in every order, repeated, converge.
+    #[test]
+    fn last_writer_wins_in_any_order() {
+        let changes = vec![
+            set("retention.days", json!(30), 100, "a"),
+            set("retention.days", json!(90), 200, "b"),
+            set("retention.days", json!(60), 200, "a"), // same millisecond: node id decides (b > a)
+            set("sources.allowed", json!(["10.0.0.0/8"]), 150, "c"),
+        ];
+        let mut results = Vec::new();
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..50 {
+            let mut order = changes.clone();
+            rng.shuffle(&mut order);
+            order.extend(changes.iter().take(rng.usize(0..4)).cloned()); // duplicates
+            let mut s = BTreeMap::new();
+            merge(&mut s, order);
+            results.push(s);
+        }
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(results[0]["retention.days"].value, json!(90));
+        assert_eq!(digest(results[0].values()), digest(results[1].values()));
+        let mut other = results[0].clone();
+        merge(&mut other, [set("retention.days", json!(7), 300, "c")]);
+        assert_ne!(digest(other.values()), digest(results[0].values()));
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert!(validate("retention.days", &json!(30)).is_ok());
+        assert!(validate("retention.days", &json!("30")).is_err());
+        assert!(validate("sources.allowed", &json!(["10.0.0.0/8", "::1/128"])).is_ok());
+        assert!(validate("sources.allowed", &json!(["nope"])).is_err());
+        assert!(validate("colour", &json!(1)).is_err());
+    }
+}
