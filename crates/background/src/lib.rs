@@ -44,6 +44,9 @@ pub struct WorkerStatus {
     pub last_item_error: Option<String>,
     /// Free-form progress (e.g. an anti-entropy round).
     pub progress: Option<String>,
+    /// Duration and bytes exchanged of the last complete run (periodic workers).
+    pub last_run_ms: Option<u64>,
+    pub last_run_bytes: Option<u64>,
 }
 
 /// Background work. See the crate docs.

@@ -205,6 +205,8 @@ pub enum ClusterAction {
     Scrub,
     /// Start an anti-entropy round with every peer now.
     AntiEntropy,
+    /// Forget a node that left for good (no target any more; its queue is dropped).
+    Forget { node: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +315,15 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
         ClusterAction::Scrub => {
             let v = http_call("POST", &format!("{base}/api/cluster/scrub"), None)?;
             println!("scrub: {} checked, {} corrupt, {} repaired", v["checked"], v["corrupt"], v["repaired"]);
+        }
+        ClusterAction::Forget { node } => {
+            let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+            let mut resp = agent.delete(&format!("{base}/api/cluster/nodes/{node}")).call()?;
+            let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or_default();
+            if !resp.status().is_success() {
+                bail!("the node answered {}: {}", resp.status(), v["error"].as_str().unwrap_or("(no detail)"));
+            }
+            println!("forgot {node}; {} queued items dropped (on this node; run it on every node)", v["dropped_items"]);
         }
         ClusterAction::AntiEntropy => {
             http_call("POST", &format!("{base}/api/cluster/anti-entropy"), None)?;

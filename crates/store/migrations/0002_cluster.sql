@@ -54,3 +54,10 @@ CREATE TABLE peers (
     url      TEXT PRIMARY KEY,
     added_at INTEGER NOT NULL
 );
+
+-- Nodes ever heard from: recordings are queued for them even while they
+-- are down (and right after a restart, before the first heartbeat).
+CREATE TABLE known_nodes (
+    node_id    TEXT PRIMARY KEY,
+    first_seen INTEGER NOT NULL
+);

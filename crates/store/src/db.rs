@@ -71,6 +71,16 @@ impl SqliteIndex {
         Ok(SqliteIndex { pool })
     }
 
+    /// Bytes the database file holds once the write-ahead log is folded in
+    /// (pages in use × page size): what a table costs, for benchmarks.
+    pub async fn size_bytes(&self) -> Result<u64, IndexError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        let pages: i64 = sqlx::query("PRAGMA page_count").fetch_one(&self.pool).await?.get(0);
+        let free: i64 = sqlx::query("PRAGMA freelist_count").fetch_one(&self.pool).await?.get(0);
+        let size: i64 = sqlx::query("PRAGMA page_size").fetch_one(&self.pool).await?.get(0);
+        Ok(((pages - free).max(0) * size) as u64)
+    }
+
     /// Writes one recording (and keeps its anti-entropy bucket up to
     /// date). Returns false when nothing changed: a stale active snapshot
     /// of a recording already final.

@@ -356,6 +356,29 @@ impl ClusterIndex for SqliteIndex {
         Ok(n > 0)
     }
 
+    async fn note_node(&self, node_id: &str, now_ms: i64) -> Result<(), IndexError> {
+        sqlx::query("INSERT INTO known_nodes (node_id, first_seen) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(node_id)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn known_nodes(&self) -> Result<Vec<String>, IndexError> {
+        let rows = sqlx::query("SELECT node_id FROM known_nodes ORDER BY node_id").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn forget_node(&self, node_id: &str) -> Result<u64, IndexError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM known_nodes WHERE node_id = ?1").bind(node_id).execute(&mut *tx).await?;
+        let n =
+            sqlx::query("DELETE FROM outbox WHERE target = ?1").bind(node_id).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn peers(&self) -> Result<Vec<String>, IndexError> {
         let rows = sqlx::query("SELECT url FROM peers ORDER BY url").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())

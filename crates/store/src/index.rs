@@ -172,6 +172,12 @@ pub trait ClusterIndex: RecordingIndex {
     /// Stores a setting if its stamp is newer than the stored one; returns whether it did.
     async fn put_setting(&self, s: &StoredSetting) -> Result<bool, IndexError>;
 
+    /// Remembers a node id heard from (so it stays a replication target).
+    async fn note_node(&self, node_id: &str, now_ms: i64) -> Result<(), IndexError>;
+    async fn known_nodes(&self) -> Result<Vec<String>, IndexError>;
+    /// Forgets a node that left the cluster for good: it is no target any
+    /// more and its queued items go. Returns how many items were dropped.
+    async fn forget_node(&self, node_id: &str) -> Result<u64, IndexError>;
     async fn peers(&self) -> Result<Vec<String>, IndexError>;
     async fn add_peer(&self, url: &str, now_ms: i64) -> Result<bool, IndexError>;
     async fn remove_peer(&self, url: &str) -> Result<bool, IndexError>;

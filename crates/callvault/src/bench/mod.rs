@@ -4,8 +4,12 @@
 //! - [`ingest`] (the default): RTP ingest cost against a bare `recvmmsg`
 //!   sink, the most concurrent calls without loss, and call setup rate.
 //! - [`soak`]: the server's memory under sustained call churn.
+//! - [`replication`]: replication throughput against a plain copy, time
+//!   from call end to verified copy under load, bytes per outbox item,
+//!   anti-entropy cost.
 
 mod ingest;
+mod replication;
 mod soak;
 
 use std::net::SocketAddr;
@@ -19,6 +23,7 @@ use clap::Parser;
 use crate::client::CallArgs;
 
 pub use ingest::IngestArgs;
+pub use replication::ReplicationArgs;
 pub use soak::SoakArgs;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +41,8 @@ pub enum BenchMode {
     Ingest(IngestArgs),
     /// Server memory (RSS) under sustained call churn
     Soak(SoakArgs),
+    /// Replication throughput and lag, outbox size, anti-entropy cost
+    Replication(ReplicationArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -43,22 +50,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => ingest::run(args.ingest),
         Some(BenchMode::Ingest(a)) => ingest::run(a),
         Some(BenchMode::Soak(a)) => soak::run(a),
+        Some(BenchMode::Replication(a)) => replication::run(a),
     }
 }
 
-/// A `callvault serve` child on loopback ports, in its own temp directory.
+/// A `callvault serve` child on loopback ports, in its own directory.
 struct Server {
     child: Child,
     dir: PathBuf,
     sip: SocketAddr,
     http: SocketAddr,
+    /// Remove the directory when dropped.
+    owned: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+impl Server {
+    /// SIGTERM and wait (the node finishes what it holds).
+    fn stop(mut self) -> PathBuf {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        self.owned = false;
+        self.dir.clone()
     }
 }
 
@@ -66,28 +88,44 @@ fn start_server() -> anyhow::Result<Server> {
     let dir = std::env::temp_dir().join(format!("callvault-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    let mut s = start_node(&dir, &[], "20000-29999")?;
+    s.owned = true;
+    Ok(s)
+}
+
+/// Starts `callvault serve` on `dir` with extra environment.
+fn start_node(dir: &std::path::Path, env: &[(&str, String)], media_ports: &str) -> anyhow::Result<Server> {
+    let _ = std::fs::remove_file(dir.join("listen.json"));
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["serve", "--data-dir"])
-        .arg(&dir)
-        .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "", "--http", "127.0.0.1:0", "--media-ports", "20000-29999"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "", "--http", "127.0.0.1:0", "--media-ports", media_ports])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting callvault serve")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().context("starting callvault serve")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Some(l) = crate::serve::read_listen(&dir) {
+        if let Some(l) = crate::serve::read_listen(dir) {
             let sip = l["sip_udp"].as_str().context("no sip_udp")?.parse()?;
             let http = l["http"].as_str().context("no http")?.parse()?;
-            return Ok(Server { child, dir, sip, http });
+            return Ok(Server { child, dir: dir.to_owned(), sip, http, owned: false });
         }
         if Instant::now() > deadline {
             bail!("server did not start");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// GET a node's JSON API.
+fn api(http: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let body = ureq::get(&format!("http://{http}{path}")).call()?.body_mut().read_to_string()?;
+    Ok(serde_json::from_str(&body)?)
 }
 
 fn proc_cpu_ns(pid: u32) -> anyhow::Result<u64> {

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers", get(workers))
         .route("/api/cluster", get(cluster_status))
         .route("/api/cluster/scrub", post(cluster_scrub))
+        .route("/api/cluster/nodes/{node}", axum::routing::delete(cluster_forget))
         .route("/api/cluster/anti-entropy", post(cluster_anti_entropy))
         .route("/api/replication", get(replication_status))
         .route("/api/replication/retry", post(replication_retry))
@@ -444,6 +445,9 @@ async fn replication_status(State(s): State<AppState>) -> Result<Response, ApiEr
     Ok(Json(json!({
         "targets": targets,
         "lag_ms_avg": (count > 0).then(|| k.lag_ms_sum.load(std::sync::atomic::Ordering::Relaxed) / count),
+        "lag_ms_p50": c.lag_percentile(50.0),
+        "lag_ms_p99": c.lag_percentile(99.0),
+        "lag_samples": count,
         "lag_ms_max": k.lag_ms_max.load(std::sync::atomic::Ordering::Relaxed),
     }))
     .into_response())
@@ -471,6 +475,34 @@ async fn cluster_scrub(State(s): State<AppState>) -> Result<Response, ApiError> 
     let c = cluster_of(&s)?;
     let (checked, corrupt, repaired) = super::cluster::jobs::scrub(c).await;
     Ok(Json(json!({ "checked": checked, "corrupt": corrupt, "repaired": repaired })).into_response())
+}
+
+/// An operator removes a node for good: no target any more, its queue dropped.
+async fn cluster_forget(State(s): State<AppState>, Path(node): Path<String>) -> Result<Response, ApiError> {
+    let c = cluster_of(&s)?;
+    if node == c.me.0 {
+        return Err(api_error(StatusCode::BAD_REQUEST, "a node cannot forget itself"));
+    }
+    let dropped = c
+        .index
+        .forget_node(&node)
+        .await
+        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+    c.known_nodes.lock().expect("known nodes lock").remove(&node);
+    let url = c
+        .membership
+        .lock()
+        .expect("membership lock")
+        .view(std::time::Instant::now())
+        .into_iter()
+        .find(|p| p.status.as_ref().is_some_and(|st| st.node.0 == node))
+        .map(|p| p.url);
+    if let Some(url) = url {
+        c.membership.lock().expect("membership lock").remove(&url);
+        let _ = c.index.remove_peer(&url).await;
+    }
+    tracing::warn!(node = %node, dropped, "node forgotten by the operator");
+    Ok(Json(json!({ "forgotten": node, "dropped_items": dropped })).into_response())
 }
 
 async fn cluster_anti_entropy(State(s): State<AppState>) -> Result<Response, ApiError> {

@@ -38,6 +38,8 @@ pub struct AntiEntropy {
 /// Figures of one round with one peer.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoundFigures {
+    /// Bytes of digests, versions and metadata exchanged (audio not included).
+    pub bytes_exchanged: u64,
     pub differing_days: usize,
     pub differing_hours: usize,
     pub compared: usize,
@@ -70,11 +72,20 @@ impl AntiEntropy {
         }
     }
 
-    async fn get_json(&self, url: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    async fn get_json(
+        &self,
+        url: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        f: &mut RoundFigures,
+    ) -> Result<Value, String> {
         let (c, url, method, p) = (self.c.clone(), url.to_owned(), method.to_owned(), path.to_owned());
+        f.bytes_exchanged += body.as_ref().map_or(0, |b| b.to_string().len() as u64);
         let r = tokio::task::spawn_blocking(move || c.client.json(&method, &url, &p, body.as_ref()))
             .await
             .map_err(|e| e.to_string())??;
+        f.bytes_exchanged += r.body.len() as u64;
         if !r.ok() {
             return Err(r.describe());
         }
@@ -87,15 +98,16 @@ impl AntiEntropy {
         let hours = self.c.index.buckets().await.map_err(|e| e.to_string())?;
         let ours_days = antientropy::days(&hours);
         let theirs_days: BTreeMap<i64, Bucket> =
-            serde_json::from_value(self.get_json(url, "GET", "/cluster/v1/buckets", None).await?)
+            serde_json::from_value(self.get_json(url, "GET", "/cluster/v1/buckets", None, &mut f).await?)
                 .map_err(|e| e.to_string())?;
         let days = antientropy::differing(&ours_days, &theirs_days);
         f.differing_days = days.len();
         let mut diff_hours = Vec::new();
         for d in days {
-            let theirs: BTreeMap<i64, Bucket> =
-                serde_json::from_value(self.get_json(url, "GET", &format!("/cluster/v1/buckets?day={d}"), None).await?)
-                    .map_err(|e| e.to_string())?;
+            let theirs: BTreeMap<i64, Bucket> = serde_json::from_value(
+                self.get_json(url, "GET", &format!("/cluster/v1/buckets?day={d}"), None, &mut f).await?,
+            )
+            .map_err(|e| e.to_string())?;
             let ours: BTreeMap<i64, Bucket> = hours
                 .iter()
                 .filter(|(h, _)| h.div_euclid(antientropy::HOURS_PER_DAY) == d)
@@ -105,18 +117,18 @@ impl AntiEntropy {
         }
         f.differing_hours = diff_hours.len();
         for chunk in diff_hours.chunks(256) {
-            let theirs: BTreeMap<RecordingId, Version> = serde_json::from_value(
-                self.get_json(url, "POST", "/cluster/v1/versions", Some(serde_json::to_value(chunk).expect("json")))
-                    .await?,
-            )
-            .map_err(|e| e.to_string())?;
+            let hours = Some(serde_json::to_value(chunk).expect("json"));
+            let theirs: BTreeMap<RecordingId, Version> =
+                serde_json::from_value(self.get_json(url, "POST", "/cluster/v1/versions", hours, &mut f).await?)
+                    .map_err(|e| e.to_string())?;
             let ours = self.c.index.versions(chunk).await.map_err(|e| e.to_string())?;
             f.compared += theirs.len();
             for pull in antientropy::plan(&ours, &theirs) {
                 match self.pull(node, url, &pull).await {
-                    Ok(bytes) => {
+                    Ok((meta_bytes, bytes)) => {
                         f.pulled += 1;
                         f.bytes_in += bytes;
+                        f.bytes_exchanged += meta_bytes;
                     }
                     Err(e) => {
                         tracing::warn!(recording = %pull.id, peer = %node, error = %e, "anti-entropy pull failed; next round retries")
@@ -127,8 +139,9 @@ impl AntiEntropy {
         Ok(f)
     }
 
-    /// Takes one recording's better version from the peer.
-    async fn pull(&self, node: &NodeId, url: &str, pull: &Pull) -> Result<u64, String> {
+    /// Takes one recording's better version from the peer; returns the
+    /// metadata bytes and the audio bytes read.
+    async fn pull(&self, node: &NodeId, url: &str, pull: &Pull) -> Result<(u64, u64), String> {
         let id = pull.id;
         let (c, u) = (self.c.clone(), url.to_owned());
         let r = tokio::task::spawn_blocking(move || {
@@ -136,12 +149,13 @@ impl AntiEntropy {
         })
         .await
         .map_err(|e| e.to_string())??;
+        let meta_bytes = r.body.len() as u64;
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         if r.status == 410 {
             let t: Tombstone = serde_json::from_value(body["tombstone"].clone()).map_err(|e| e.to_string())?;
             self.c.apply_tombstone(&t).await?;
             tracing::info!(recording = %id, peer = %node, "applied a deletion learnt by anti-entropy");
-            return Ok(0);
+            return Ok((meta_bytes, 0));
         }
         if !r.ok() {
             return Err(r.describe());
@@ -151,15 +165,23 @@ impl AntiEntropy {
             return Err("the peer answered with another recording".into());
         }
         if !self.c.store_replica_meta(&meta).await? {
-            return Ok(0); // deleted here: the tombstone goes back the other way
+            return Ok((meta_bytes, 0)); // deleted here: the tombstone goes back the other way
         }
-        if !matches!(pull.version, Version::Audio(_)) || matches!(self.c.index.audio_here(id).await, Ok(Some(true))) {
-            return Ok(0);
+        let no_audio = meta.audio.is_none();
+        if no_audio
+            || !matches!(pull.version, Version::Audio(_))
+            || matches!(self.c.index.audio_here(id).await, Ok(Some(true)))
+        {
+            if no_audio {
+                // Nothing to fetch: the recording has no audio anywhere.
+                self.c.index.set_audio_here(id, true).await.map_err(|e| e.to_string())?;
+            }
+            return Ok((meta_bytes, 0));
         }
         let bytes = fetch_audio(&self.c, url, &meta).await?;
         self.c.index.set_audio_here(id, true).await.map_err(|e| e.to_string())?;
         tracing::info!(recording = %id, peer = %node, bytes, "pulled a verified copy");
-        Ok(bytes)
+        Ok((meta_bytes, bytes))
     }
 
     async fn round(&mut self) {
@@ -175,6 +197,7 @@ impl AntiEntropy {
                     total.compared += f.compared;
                     total.pulled += f.pulled;
                     total.bytes_in += f.bytes_in;
+                    total.bytes_exchanged += f.bytes_exchanged;
                 }
                 Err(e) => {
                     complete = false;
@@ -196,6 +219,8 @@ impl AntiEntropy {
             total.pulled,
             started.elapsed().as_millis()
         ));
+        self.status.last_run_ms = Some(started.elapsed().as_millis() as u64);
+        self.status.last_run_bytes = Some(total.bytes_exchanged);
         if total.pulled > 0 {
             tracing::info!(pulled = total.pulled, bytes = total.bytes_in, "anti-entropy caught up");
         }

@@ -99,6 +99,7 @@ impl Heartbeat {
         let mine = self.c.settings_digest.lock().expect("digest lock").clone();
         let mut pull_from = Vec::new();
         let mut learnt = Vec::new();
+        let mut newly_known = Vec::new();
         for t in tasks {
             let Ok((url, r, _)) = t.await else { continue };
             let now = Instant::now();
@@ -106,6 +107,10 @@ impl Heartbeat {
                 Ok((true, Ok(HeartbeatReply { status, peers }), _)) => {
                     if status.settings_digest != mine && !status.settings_digest.is_empty() {
                         pull_from.push(url.clone());
+                    }
+                    let new_node = self.c.known_nodes.lock().expect("known nodes lock").insert(status.node.0.clone());
+                    if new_node && status.node != self.c.me {
+                        newly_known.push(status.node.0.clone());
                     }
                     let mut m = self.c.membership.lock().expect("membership lock");
                     m.heard(now, &url, status);
@@ -121,6 +126,11 @@ impl Heartbeat {
                     self.c.membership.lock().expect("membership lock").failed(&url, why);
                 }
                 Err(e) => self.c.membership.lock().expect("membership lock").failed(&url, e),
+            }
+        }
+        for node in newly_known {
+            if let Err(e) = self.c.index.note_node(&node, now_ms()).await {
+                tracing::warn!(error = %e, "could not remember the node");
             }
         }
         for url in learnt {

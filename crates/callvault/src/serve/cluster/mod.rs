@@ -76,6 +76,10 @@ pub struct Cluster {
     /// Starts an anti-entropy round now (an operator asked).
     pub anti_entropy_now: Arc<Notify>,
     pub counters: ClusterCounters,
+    /// The last 10,000 times from a call's end to a target's verified copy, ms.
+    pub recent_lags: Mutex<std::collections::VecDeque<u64>>,
+    /// Every node ever heard from (persisted): replication targets even while down.
+    pub known_nodes: Mutex<std::collections::BTreeSet<String>>,
     /// The leader's view, for status.
     pub leader: Mutex<Option<NodeId>>,
     /// Set while this node's last full sync is older than the tombstone
@@ -132,6 +136,8 @@ impl Cluster {
             anti_entropy_now: Arc::new(Notify::new()),
             counters: ClusterCounters::default(),
             leader: Mutex::new(None),
+            known_nodes: Mutex::new(Default::default()),
+            recent_lags: Mutex::new(Default::default()),
             quarantined: AtomicBool::new(false),
             cfg,
         })
@@ -173,6 +179,7 @@ impl Cluster {
                     t.push(s.node.0);
                 }
             }
+            t.extend(self.known_nodes.lock().expect("known nodes lock").iter().cloned());
         }
         t.retain(|n| *n != self.me.0);
         t.sort();
@@ -259,7 +266,23 @@ impl Cluster {
             c.lag_ms_sum.fetch_add(lag, Ordering::Relaxed);
             c.lag_count.fetch_add(1, Ordering::Relaxed);
             c.lag_ms_max.fetch_max(lag, Ordering::Relaxed);
+            let mut recent = self.recent_lags.lock().expect("lags lock");
+            if recent.len() == 10_000 {
+                recent.pop_front();
+            }
+            recent.push_back(lag);
         }
+    }
+
+    /// The p-th percentile (0–100) of the recent lags, ms.
+    pub fn lag_percentile(&self, p: f64) -> Option<u64> {
+        let mut v: Vec<u64> = self.recent_lags.lock().expect("lags lock").iter().copied().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+        Some(v[i.min(v.len() - 1)])
     }
 }
 
@@ -314,6 +337,8 @@ pub async fn start(
     for url in c.index.peers().await.unwrap_or_default() {
         c.membership.lock().expect("membership lock").add(&url);
     }
+    let known = c.index.known_nodes().await.unwrap_or_default();
+    c.known_nodes.lock().expect("known nodes lock").extend(known);
     heartbeat::refresh_digest(&c).await;
     let app = api::router(c.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move {
