@@ -7,6 +7,8 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+# Certificates for the cluster TLS test.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq

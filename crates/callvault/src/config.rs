@@ -68,6 +68,13 @@ pub struct ClusterConfig {
     pub targets: std::collections::BTreeMap<String, TargetConfig>,
     /// Only replicate to the nodes listed in `targets` (default: every peer).
     pub only_listed_targets: bool,
+    /// PEM certificate (chain) and key of this node's cluster API: TLS on.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign every node's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Peers must present a certificate signed by `tls_ca` (mutual TLS).
+    pub tls_client_auth: bool,
 }
 
 /// How one target takes audio.
@@ -249,6 +256,10 @@ impl Default for ClusterConfig {
             retention_check_secs: 3600,
             targets: Default::default(),
             only_listed_targets: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: false,
         }
     }
 }
@@ -275,8 +286,13 @@ impl ClusterConfig {
         }
     }
 
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
     pub fn advertise(&self) -> String {
-        self.advertise_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        let scheme = if self.tls() { "https" } else { "http" };
+        self.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{}", self.listen))
     }
 }
 
@@ -325,6 +341,15 @@ impl Config {
             c.secret()?;
             if c.advertise_url.is_none() && c.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
                 anyhow::bail!("cluster.listen binds all addresses: set cluster.advertise_url to the URL peers use");
+            }
+            match (&c.tls_cert, &c.tls_key, &c.tls_ca) {
+                (None, None, None) => {
+                    if c.tls_client_auth {
+                        anyhow::bail!("cluster.tls_client_auth needs cluster.tls_cert, tls_key and tls_ca");
+                    }
+                }
+                (Some(_), Some(_), Some(_)) => {}
+                _ => anyhow::bail!("cluster TLS needs all of cluster.tls_cert, cluster.tls_key and cluster.tls_ca"),
             }
             if c.dead_after_ms <= c.heartbeat_ms {
                 anyhow::bail!("cluster.dead_after_ms must be larger than cluster.heartbeat_ms");

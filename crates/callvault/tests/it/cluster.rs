@@ -477,3 +477,92 @@ fn a_wrong_secret_is_refused_a_lying_peer_is_rejected_and_scrub_repairs_a_flippe
     assert!(b.log().contains("does not match its checksum"));
     assert_eq!(b.metric("callvault_scrub_repaired_total"), 1.0);
 }
+
+/// A CA and certificates for loopback nodes, made with the openssl CLI.
+fn make_pki(dir: &std::path::Path, names: &[&str]) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=callvault-test-ca",
+    ]);
+    for n in names {
+        let ext = dir.join(format!("{n}.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{n}.key"),
+            "-out",
+            &format!("{n}.csr"),
+            "-subj",
+            &format!("/CN={n}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{n}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{n}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{n}.ext"),
+        ]);
+    }
+}
+
+#[test]
+fn tls_between_sites_with_mutual_certificates() {
+    let pki = crate::harness::temp_dir("pki");
+    make_pki(&pki, &["node-a", "node-b"]);
+    let other = crate::harness::temp_dir("pki-other");
+    make_pki(&other, &["node-x"]);
+    let tls = |dir: &std::path::Path, n: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CALLVAULT_CLUSTER__TLS_CERT", dir.join(format!("{n}.pem")).display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_KEY", dir.join(format!("{n}.key")).display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_CA", dir.join("ca.pem").display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_CLIENT_AUTH", "true".into()),
+        ]
+    };
+    let a = member("tls-a", "node-a", &[], &tls(&pki, "node-a"));
+    assert!(url(&a).starts_with("https://"), "{}", url(&a));
+    let b = member("tls-b", "node-b", &[url(&a)], &tls(&pki, "node-b"));
+    wait_until(Duration::from_secs(15), "membership over TLS", || alive_peers(&a) == 1 && alive_peers(&b) == 1);
+    let s = short_calls(&a, 2);
+    let rec = a.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    wait_until(Duration::from_secs(30), "verified copies over TLS", || holdings(&b).len() == 2);
+    assert_eq!(holdings(&a), holdings(&b));
+    assert_eq!(served_sha(&b, rec["id"].as_str().unwrap()), rec["audio"]["sha256"].as_str().unwrap());
+
+    // Plain HTTP to the TLS port gets nothing; a certificate from another CA fails the handshake.
+    let plain = url(&a).replace("https://", "http://");
+    assert!(ureq::get(&format!("{plain}/cluster/v1/buckets")).call().is_err());
+    let x = member("tls-x", "node-x", &[url(&a)], &tls(&other, "node-x"));
+    wait_until(Duration::from_secs(10), "the foreign certificate refused", || a.log().contains("TLS handshake failed"));
+    assert_eq!(alive_peers(&x), 0, "a node with a foreign certificate sees nobody");
+    assert_eq!(alive_peers(&a), 1);
+}

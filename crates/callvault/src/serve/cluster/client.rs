@@ -52,13 +52,15 @@ fn now_ms() -> i64 {
 }
 
 impl PeerClient {
-    pub fn new(me: NodeId, secret: Vec<u8>, timeout: Duration) -> PeerClient {
-        let agent = ureq::Agent::config_builder()
+    pub fn new(me: NodeId, secret: Vec<u8>, timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> PeerClient {
+        let mut cfg = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
-            .max_idle_connections_per_host(4)
-            .build()
-            .new_agent();
+            .max_idle_connections_per_host(4);
+        if let Some(tls) = tls {
+            cfg = cfg.tls_config(tls);
+        }
+        let agent = cfg.build().new_agent();
         PeerClient { agent, secret: Arc::new(secret), me }
     }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod heartbeat;
 pub mod jobs;
 pub mod replicate;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -106,6 +107,7 @@ impl Cluster {
         index: Arc<dyn ClusterIndex>,
         blobs: Arc<dyn BlobStore>,
         incoming: PathBuf,
+        client_tls: Option<ureq::tls::TlsConfig>,
     ) -> Arc<Cluster> {
         let started = Instant::now();
         let timing = Timing {
@@ -117,7 +119,7 @@ impl Cluster {
             membership.add(p);
         }
         let url = cfg.advertise();
-        let client = PeerClient::new(me.clone(), secret.clone(), Duration::from_secs(30));
+        let client = PeerClient::new(me.clone(), secret.clone(), Duration::from_secs(30), client_tls);
         Arc::new(Cluster {
             clock: Mutex::new(Clock::new(me.clone(), cfg.max_clock_skew_ms)),
             me,
@@ -329,23 +331,33 @@ pub async fn start(
         .with_context(|| format!("binding the cluster API {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     if cfg.advertise_url.is_none() {
-        cfg.advertise_url = Some(format!("http://{addr}"));
+        let scheme = if cfg.tls() { "https" } else { "http" };
+        cfg.advertise_url = Some(format!("{scheme}://{addr}"));
     }
     let incoming = data_root.join("incoming");
     std::fs::create_dir_all(&incoming)?;
-    let c = Cluster::new(me, cfg, secret, index, blobs, incoming);
+    let acceptor = tls::acceptor(&cfg)?;
+    let client_tls = tls::client_config(&cfg)?;
+    let c = Cluster::new(me, cfg, secret, index, blobs, incoming, client_tls);
     for url in c.index.peers().await.unwrap_or_default() {
         c.membership.lock().expect("membership lock").add(&url);
     }
     let known = c.index.known_nodes().await.unwrap_or_default();
     c.known_nodes.lock().expect("known nodes lock").extend(known);
     heartbeat::refresh_digest(&c).await;
-    let app = api::router(c.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "cluster API stopped");
+    match acceptor {
+        Some(acceptor) => {
+            tokio::spawn(tls::serve(listener, acceptor, api::router(c.clone())));
         }
-    });
+        None => {
+            let app = api::router(c.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "cluster API stopped");
+                }
+            });
+        }
+    }
     runner.spawn(heartbeat::Heartbeat::new(c.clone()));
     runner.spawn(antientropy::AntiEntropy::new(c.clone(), data_root.join("last-sync")));
     runner.spawn(jobs::Jobs::new(c.clone()));
@@ -369,7 +381,7 @@ pub async fn start(
             }
         });
     }
-    tracing::info!(url = %c.url, peers = c.cfg.peers.len(), "cluster API listening");
+    tracing::info!(url = %c.url, peers = c.cfg.peers.len(), tls = c.cfg.tls(), mutual = c.cfg.tls_client_auth, "cluster API listening");
     Ok(Started { cluster: c, addr })
 }
 
