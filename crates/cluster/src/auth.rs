@@ -20,6 +20,10 @@ pub const HEADER_TIME: &str = "x-callvault-time";
 pub const HEADER_CONTENT: &str = "x-callvault-content-sha256";
 pub const HEADER_SIGNATURE: &str = "x-callvault-signature";
 
+/// Declared instead of a body digest for audio chunks, whose integrity the
+/// whole file's SHA-256 (in the signed query) guarantees.
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
 /// SHA-256 of no body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 

@@ -65,10 +65,20 @@ impl SqliteIndex {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            // Background writers (archive, replication, anti-entropy) queue for
+            // the one write lock; the recorder never waits for it.
+            .busy_timeout(Duration::from_secs(15));
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Migrator::new(Embedded).await?.run(&pool).await?;
         Ok(SqliteIndex { pool })
+    }
+
+    /// A write transaction that takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred one that reads first fails outright
+    /// (SQLITE_BUSY_SNAPSHOT) when another connection wrote meanwhile,
+    /// instead of waiting its turn.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, IndexError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
     /// Bytes the database file holds once the write-ahead log is folded in
@@ -216,7 +226,7 @@ impl RecordingIndex for SqliteIndex {
 
     /// One transaction, one commit: what keeps call setup fast under load.
     async fn upsert_many(&self, metas: &[&RecordingMeta]) -> Result<(), IndexError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for meta in metas {
             Self::write(&mut tx, meta, true).await?;
         }

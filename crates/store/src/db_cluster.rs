@@ -17,43 +17,45 @@ fn parse_id(s: &str) -> Option<RecordingId> {
 
 #[async_trait]
 impl ClusterIndex for SqliteIndex {
-    async fn put_replica(&self, meta: &RecordingMeta, audio_here: bool) -> Result<bool, IndexError> {
-        let mut tx = self.pool.begin().await?;
-        let dead = sqlx::query("SELECT 1 FROM tombstones WHERE id = ?1")
-            .bind(meta.id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if dead {
-            return Ok(false);
+    async fn put_replicas(&self, items: &[(&RecordingMeta, bool)]) -> Result<Vec<bool>, IndexError> {
+        let mut tx = self.write_tx().await?;
+        let mut out = Vec::with_capacity(items.len());
+        for (meta, audio_here) in items {
+            let dead = sqlx::query("SELECT 1 FROM tombstones WHERE id = ?1")
+                .bind(meta.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            out.push(!dead && Self::write(&mut tx, meta, *audio_here).await?);
         }
-        let changed = Self::write(&mut tx, meta, audio_here).await?;
         tx.commit().await?;
-        Ok(changed)
+        Ok(out)
     }
 
-    async fn set_audio_here(&self, id: RecordingId, here: bool) -> Result<(), IndexError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query("SELECT state, sha256, audio_here, started_at FROM recordings WHERE id = ?1")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(r) = row else { return Ok(()) };
-        let (state, sha, was, started): (String, Option<String>, bool, i64) =
-            (r.get(0), r.get(1), r.get::<i64, _>(2) != 0, r.get(3));
-        if was == here {
-            return Ok(());
+    async fn set_audio_here_many(&self, ids: &[RecordingId], here: bool) -> Result<(), IndexError> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            let row = sqlx::query("SELECT state, sha256, audio_here, started_at FROM recordings WHERE id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(r) = row else { continue };
+            let (state, sha, was, started): (String, Option<String>, bool, i64) =
+                (r.get(0), r.get(1), r.get::<i64, _>(2) != 0, r.get(3));
+            if was == here {
+                continue;
+            }
+            if state != "active" {
+                let version = |h: bool| if h { Version::Audio(sha.clone()) } else { Version::MetaOnly(sha.clone()) };
+                toggle_bucket(&mut tx, *id, started, &version(was), false).await?;
+                toggle_bucket(&mut tx, *id, started, &version(here), true).await?;
+            }
+            sqlx::query("UPDATE recordings SET audio_here = ?2 WHERE id = ?1")
+                .bind(id.to_string())
+                .bind(here as i64)
+                .execute(&mut *tx)
+                .await?;
         }
-        if state != "active" {
-            let version = |h: bool| if h { Version::Audio(sha.clone()) } else { Version::MetaOnly(sha.clone()) };
-            toggle_bucket(&mut tx, id, started, &version(was), false).await?;
-            toggle_bucket(&mut tx, id, started, &version(here), true).await?;
-        }
-        sqlx::query("UPDATE recordings SET audio_here = ?2 WHERE id = ?1")
-            .bind(id.to_string())
-            .bind(here as i64)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -111,7 +113,7 @@ impl ClusterIndex for SqliteIndex {
 
     async fn tombstone(&self, t: &Tombstone) -> Result<Option<RecordingMeta>, IndexError> {
         let id = t.id.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         if sqlx::query("SELECT 1 FROM tombstones WHERE id = ?1").bind(&id).fetch_optional(&mut *tx).await?.is_some() {
             return Ok(None);
         }
@@ -170,7 +172,7 @@ impl ClusterIndex for SqliteIndex {
     }
 
     async fn forget_tombstones(&self, deleted_before_ms: i64) -> Result<u64, IndexError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let rows = sqlx::query("SELECT id, started_at FROM tombstones WHERE deleted_at < ?1")
             .bind(deleted_before_ms)
             .fetch_all(&mut *tx)
@@ -216,7 +218,7 @@ impl ClusterIndex for SqliteIndex {
         lanes: &[Lane],
         now_ms: i64,
     ) -> Result<(), IndexError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for meta in metas {
             Self::write(&mut tx, meta, true).await?;
         }
@@ -233,7 +235,7 @@ impl ClusterIndex for SqliteIndex {
         ids: &[RecordingId],
         now_ms: i64,
     ) -> Result<(), IndexError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         insert_outbox(&mut tx, targets, lanes, ids, now_ms).await?;
         tx.commit().await?;
         Ok(())
@@ -271,13 +273,17 @@ impl ClusterIndex for SqliteIndex {
         Ok(out)
     }
 
-    async fn outbox_done(&self, target: &str, lane: Lane, id: RecordingId) -> Result<(), IndexError> {
-        sqlx::query("DELETE FROM outbox WHERE target = ?1 AND lane = ?2 AND id = ?3")
-            .bind(target)
-            .bind(lane.as_i64())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+    async fn outbox_done_many(&self, target: &str, lane: Lane, ids: &[RecordingId]) -> Result<(), IndexError> {
+        let mut tx = self.write_tx().await?;
+        for id in ids {
+            sqlx::query("DELETE FROM outbox WHERE target = ?1 AND lane = ?2 AND id = ?3")
+                .bind(target)
+                .bind(lane.as_i64())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -371,7 +377,7 @@ impl ClusterIndex for SqliteIndex {
     }
 
     async fn forget_node(&self, node_id: &str) -> Result<u64, IndexError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query("DELETE FROM known_nodes WHERE node_id = ?1").bind(node_id).execute(&mut *tx).await?;
         let n =
             sqlx::query("DELETE FROM outbox WHERE target = ?1").bind(node_id).execute(&mut *tx).await?.rows_affected();

@@ -110,10 +110,18 @@ pub trait ClusterIndex: RecordingIndex {
     /// this node now holds the recording's verified audio. A tombstoned
     /// recording is refused (`Ok(false)`); so is a final recording
     /// replaced by an active one.
-    async fn put_replica(&self, meta: &RecordingMeta, audio_here: bool) -> Result<bool, IndexError>;
+    async fn put_replica(&self, meta: &RecordingMeta, audio_here: bool) -> Result<bool, IndexError> {
+        Ok(self.put_replicas(&[(meta, audio_here)]).await?.pop().unwrap_or(false))
+    }
+    /// [`ClusterIndex::put_replica`] for a batch, in one transaction; one result each.
+    async fn put_replicas(&self, items: &[(&RecordingMeta, bool)]) -> Result<Vec<bool>, IndexError>;
     /// Records whether this node holds the recording's verified audio (a
     /// copy that arrived, or one that failed its checksum and was set aside).
-    async fn set_audio_here(&self, id: RecordingId, here: bool) -> Result<(), IndexError>;
+    async fn set_audio_here(&self, id: RecordingId, here: bool) -> Result<(), IndexError> {
+        self.set_audio_here_many(&[id], here).await
+    }
+    /// [`ClusterIndex::set_audio_here`] for several recordings, in one transaction.
+    async fn set_audio_here_many(&self, ids: &[RecordingId], here: bool) -> Result<(), IndexError>;
     /// Whether this node holds the audio (`None`: no such recording here).
     async fn audio_here(&self, id: RecordingId) -> Result<Option<bool>, IndexError>;
     /// Anti-entropy buckets by hour (non-empty ones).
@@ -154,7 +162,11 @@ pub trait ClusterIndex: RecordingIndex {
     /// Items of `target` due at `now_ms`, metadata first, oldest first.
     async fn due(&self, target: &str, lanes: &[Lane], now_ms: i64, limit: u32) -> Result<Vec<OutboxItem>, IndexError>;
     /// The target confirmed the item: it leaves the queue.
-    async fn outbox_done(&self, target: &str, lane: Lane, id: RecordingId) -> Result<(), IndexError>;
+    async fn outbox_done(&self, target: &str, lane: Lane, id: RecordingId) -> Result<(), IndexError> {
+        self.outbox_done_many(target, lane, &[id]).await
+    }
+    /// [`ClusterIndex::outbox_done`] for several items, in one transaction.
+    async fn outbox_done_many(&self, target: &str, lane: Lane, ids: &[RecordingId]) -> Result<(), IndexError>;
     /// The item failed; it is due again at `due_at_ms`.
     async fn outbox_failed(
         &self,

@@ -405,8 +405,13 @@ fn model_id_days_ago(days: i64) -> String {
 
 /// A signed request to a node's cluster API, as a peer would send it.
 fn signed(n: &Node, method: &str, path: &str, body: &[u8], secret: &str) -> (u16, Value) {
+    signed_as(n, method, path, body, secret, &cluster::auth::content_sha256(body))
+}
+
+/// [`signed`] declaring `sha` as the body's digest.
+fn signed_as(n: &Node, method: &str, path: &str, body: &[u8], secret: &str, sha: &str) -> (u16, Value) {
     let time_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
-    let sha = cluster::auth::content_sha256(body);
+    let sha = sha.to_owned();
     let s = cluster::auth::Signed { method, path_and_query: path, node: "test-peer", time_ms, content_sha256: &sha };
     let sig = cluster::auth::sign(secret.as_bytes(), &s);
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -448,6 +453,12 @@ fn a_wrong_secret_is_refused_a_lying_peer_is_rejected_and_scrub_repairs_a_flippe
     assert_eq!(alive_peers(&a), 1, "A does not count the intruder");
     let (code, _) = signed(&a, "POST", "/cluster/v1/versions", b"[]", "not-the-secret");
     assert_eq!(code, 401);
+    // Only audio chunks may travel without a body digest.
+    let (code, _) = signed_as(&a, "POST", "/cluster/v1/versions", b"[]", SECRET, cluster::auth::UNSIGNED_PAYLOAD);
+    assert_eq!(code, 401, "an unsigned body is refused outside chunk uploads");
+    let (code, _) =
+        signed_as(&a, "POST", "/cluster/v1/versions", b"[1]", SECRET, &cluster::auth::content_sha256(b"[]"));
+    assert_eq!(code, 401, "a body that differs from its declared digest is refused");
 
     let s = short_calls(&a, 1);
     let rec = a.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());

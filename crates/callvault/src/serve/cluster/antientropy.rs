@@ -123,65 +123,69 @@ impl AntiEntropy {
                     .map_err(|e| e.to_string())?;
             let ours = self.c.index.versions(chunk).await.map_err(|e| e.to_string())?;
             f.compared += theirs.len();
-            for pull in antientropy::plan(&ours, &theirs) {
-                match self.pull(node, url, &pull).await {
-                    Ok((meta_bytes, bytes)) => {
-                        f.pulled += 1;
-                        f.bytes_in += bytes;
-                        f.bytes_exchanged += meta_bytes;
-                    }
-                    Err(e) => {
-                        tracing::warn!(recording = %pull.id, peer = %node, error = %e, "anti-entropy pull failed; next round retries")
-                    }
+            let pulls = antientropy::plan(&ours, &theirs);
+            for batch in pulls.chunks(200) {
+                match self.pull_batch(node, url, batch, &mut f).await {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(peer = %node, error = %e, "anti-entropy pulls failed; next round retries"),
                 }
             }
         }
         Ok(f)
     }
 
-    /// Takes one recording's better version from the peer; returns the
-    /// metadata bytes and the audio bytes read.
-    async fn pull(&self, node: &NodeId, url: &str, pull: &Pull) -> Result<(u64, u64), String> {
-        let id = pull.id;
-        let (c, u) = (self.c.clone(), url.to_owned());
-        let r = tokio::task::spawn_blocking(move || {
-            c.client.json("GET", &u, &format!("/cluster/v1/recordings/{id}/meta"), None)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let meta_bytes = r.body.len() as u64;
-        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-        if r.status == 410 {
-            let t: Tombstone = serde_json::from_value(body["tombstone"].clone()).map_err(|e| e.to_string())?;
-            self.c.apply_tombstone(&t).await?;
-            tracing::info!(recording = %id, peer = %node, "applied a deletion learnt by anti-entropy");
-            return Ok((meta_bytes, 0));
-        }
-        if !r.ok() {
-            return Err(r.describe());
-        }
-        let meta: RecordingMeta = serde_json::from_value(body["meta"].clone()).map_err(|e| e.to_string())?;
-        if meta.id != id {
-            return Err("the peer answered with another recording".into());
-        }
-        if !self.c.store_replica_meta(&meta).await? {
-            return Ok((meta_bytes, 0)); // deleted here: the tombstone goes back the other way
-        }
-        let no_audio = meta.audio.is_none();
-        if no_audio
-            || !matches!(pull.version, Version::Audio(_))
-            || matches!(self.c.index.audio_here(id).await, Ok(Some(true)))
-        {
-            if no_audio {
-                // Nothing to fetch: the recording has no audio anywhere.
-                self.c.index.set_audio_here(id, true).await.map_err(|e| e.to_string())?;
+    /// Takes the better versions of a batch of recordings from the peer:
+    /// their metadata in one request (stored with one sync and one
+    /// transaction), deletions, then the audio of each that needs it.
+    async fn pull_batch(&self, node: &NodeId, url: &str, pulls: &[Pull], f: &mut RoundFigures) -> Result<(), String> {
+        let ids: Vec<RecordingId> = pulls.iter().map(|p| p.id).collect();
+        let body = Some(serde_json::to_value(&ids).expect("json"));
+        let items = self.get_json(url, "POST", "/cluster/v1/metas/get", body, f).await?;
+        let mut metas = Vec::new();
+        for item in items.as_array().into_iter().flatten() {
+            if item.get("tombstone").is_some() {
+                let t: Tombstone = serde_json::from_value(item["tombstone"].clone()).map_err(|e| e.to_string())?;
+                self.c.apply_tombstone(&t).await?;
+                f.pulled += 1;
+                tracing::info!(recording = %t.id, peer = %node, "applied a deletion learnt by anti-entropy");
+            } else if item.get("meta").is_some() {
+                let meta: RecordingMeta = serde_json::from_value(item["meta"].clone()).map_err(|e| e.to_string())?;
+                if ids.contains(&meta.id) {
+                    metas.push((meta, item["audio_here"] == true));
+                }
             }
-            return Ok((meta_bytes, 0));
         }
-        let bytes = fetch_audio(&self.c, url, &meta).await?;
-        self.c.index.set_audio_here(id, true).await.map_err(|e| e.to_string())?;
-        tracing::info!(recording = %id, peer = %node, bytes, "pulled a verified copy");
-        Ok((meta_bytes, bytes))
+        let only: Vec<RecordingMeta> = metas.iter().map(|(m, _)| m.clone()).collect();
+        let stored = self.c.store_replica_metas(&only).await?;
+        let mut no_audio = Vec::new();
+        for ((meta, peer_has_audio), stored) in metas.into_iter().zip(stored) {
+            if !stored {
+                continue; // deleted here: the tombstone goes back the other way
+            }
+            f.pulled += 1;
+            if meta.audio.is_none() {
+                // Nothing to fetch: the recording has no audio anywhere.
+                no_audio.push(meta.id);
+                continue;
+            }
+            if !peer_has_audio || matches!(self.c.index.audio_here(meta.id).await, Ok(Some(true))) {
+                continue;
+            }
+            match fetch_audio(&self.c, url, &meta).await {
+                Ok(bytes) => {
+                    self.c.index.set_audio_here(meta.id, true).await.map_err(|e| e.to_string())?;
+                    f.bytes_in += bytes;
+                    tracing::info!(recording = %meta.id, peer = %node, bytes, "pulled a verified copy");
+                }
+                Err(e) => {
+                    tracing::warn!(recording = %meta.id, peer = %node, error = %e, "anti-entropy audio pull failed; next round retries")
+                }
+            }
+        }
+        if !no_audio.is_empty() {
+            self.c.index.set_audio_here_many(&no_audio, true).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     async fn round(&mut self) {

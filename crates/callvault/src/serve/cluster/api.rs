@@ -9,6 +9,9 @@
 //! |---|---|
 //! | `POST /heartbeat` | the caller's status in, ours out (a new caller joins) |
 //! | `PUT /recordings/{id}/meta` | a recording's metadata (410 if deleted here) |
+//! | `PUT /metas` | metadata of many recordings at once (one sync, one transaction) |
+//! | `POST /metas/get` | our metadata of the given recordings (and tombstones) |
+//! | `POST /audio-batch` | the audio of several small recordings at once, each verified |
 //! | `GET /recordings/{id}/meta` | our metadata of it and whether the audio is here |
 //! | `GET /recordings/{id}/audio` | its audio, with `Range` |
 //! | `GET /recordings/{id}/upload` | how much of an upload we hold |
@@ -20,7 +23,7 @@
 //! | `POST /scrub` | the job leader starts this node's integrity scrub |
 
 use std::collections::BTreeMap;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,7 +40,8 @@ use cluster::auth::{self, Signed};
 use cluster::{Bucket, NodeStatus, Setting};
 use model::{RecordingId, RecordingMeta};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use store::{BlobKey, BlobPut, StoredSetting, Tombstone};
 
 use super::{now_ms, Cluster};
@@ -50,6 +54,9 @@ pub fn router(c: Arc<Cluster>) -> Router {
     Router::new()
         .route("/cluster/v1/heartbeat", post(heartbeat))
         .route("/cluster/v1/recordings/{id}/meta", put(put_meta).get(get_meta))
+        .route("/cluster/v1/metas", put(put_metas))
+        .route("/cluster/v1/metas/get", post(get_metas))
+        .route("/cluster/v1/audio-batch", post(audio_batch))
         .route("/cluster/v1/recordings/{id}/audio", get(get_audio))
         .route("/cluster/v1/recordings/{id}/upload", get(upload_state).put(upload_chunk))
         .route("/cluster/v1/buckets", get(buckets))
@@ -98,7 +105,11 @@ async fn authenticate(State(c): State<Arc<Cluster>>, req: Request, next: Next) -
         Ok(b) => b,
         Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
     };
-    if auth::content_sha256(&bytes) != content {
+    // An audio chunk may travel unsigned (as S3's UNSIGNED-PAYLOAD): the
+    // signed query names the whole file's SHA-256, which the upload checks
+    // before anything is stored. Nothing else may skip the body digest.
+    let chunk_upload = parts.method == axum::http::Method::PUT && parts.uri.path().ends_with("/upload");
+    if !(chunk_upload && content == auth::UNSIGNED_PAYLOAD) && auth::content_sha256(&bytes) != content {
         return fail(format!("body does not match its declared digest (node {node})"));
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
@@ -149,6 +160,110 @@ async fn put_meta(State(c): State<Arc<Cluster>>, Path(id): Path<String>, Json(me
         Ok(false) => refuse(StatusCode::GONE, "deleted on this node"),
         Err(e) => internal(e),
     }
+}
+
+async fn put_metas(State(c): State<Arc<Cluster>>, Json(metas): Json<Vec<RecordingMeta>>) -> Response {
+    if metas.iter().any(|m| !m.state.is_final()) || metas.len() > 1000 {
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, "up to 1000 finished recordings per batch");
+    }
+    match c.store_replica_metas(&metas).await {
+        Ok(stored) => {
+            let out: Vec<Value> = metas.iter().zip(stored).map(|(m, s)| json!({ "id": m.id, "stored": s })).collect();
+            Json(out).into_response()
+        }
+        Err(e) => internal(e),
+    }
+}
+
+/// Our metadata of each asked recording: `meta` and `audio_here`, or the
+/// `tombstone` when it was deleted, or neither when we do not have it.
+async fn get_metas(State(c): State<Arc<Cluster>>, Json(ids): Json<Vec<RecordingId>>) -> Response {
+    if ids.len() > 1000 {
+        return refuse(StatusCode::BAD_REQUEST, "up to 1000 ids per request");
+    }
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let item = match c.index.tombstoned(id).await {
+            Ok(Some(t)) => json!({ "id": id, "tombstone": t }),
+            Ok(None) => match (c.index.get(id).await, c.index.audio_here(id).await) {
+                (Ok(Some(m)), Ok(here)) if m.state.is_final() => {
+                    json!({ "id": id, "meta": m, "audio_here": here.unwrap_or(false) })
+                }
+                (Ok(_), Ok(_)) => json!({ "id": id }),
+                (Err(e), _) | (_, Err(e)) => return internal(e),
+            },
+            Err(e) => return internal(e),
+        };
+        out.push(item);
+    }
+    Json(out).into_response()
+}
+
+/// One entry of an audio batch: the payloads follow the header in order.
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub struct BatchEntry {
+    pub id: RecordingId,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// Several small recordings' audio in one request (the body: a 4-byte
+/// big-endian header length, the JSON header of [`BatchEntry`], then the
+/// payloads). Each is checked against its metadata's SHA-256 and size;
+/// the good ones are stored with one sync and one index transaction.
+async fn audio_batch(State(c): State<Arc<Cluster>>, body: Bytes) -> Response {
+    if body.len() < 4 {
+        return refuse(StatusCode::BAD_REQUEST, "empty batch");
+    }
+    let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let Some(header) = body.get(4..4 + hlen) else { return refuse(StatusCode::BAD_REQUEST, "truncated batch header") };
+    let Ok(entries) = serde_json::from_slice::<Vec<BatchEntry>>(header) else {
+        return refuse(StatusCode::BAD_REQUEST, "malformed batch header");
+    };
+    let mut pos = 4 + hlen;
+    let mut results: Vec<Value> = Vec::with_capacity(entries.len());
+    let mut accepted: Vec<(RecordingId, BlobKey, Bytes)> = Vec::new();
+    for e in &entries {
+        let Some(data) = body.get(pos..pos + e.bytes as usize) else {
+            return refuse(StatusCode::BAD_REQUEST, "batch shorter than its header says");
+        };
+        pos += e.bytes as usize;
+        let meta = match c.index.get(e.id).await {
+            Ok(Some(m)) if m.state.is_final() => m,
+            Ok(_) => {
+                results.push(json!({ "id": e.id, "verified": false, "error": "send the metadata first" }));
+                continue;
+            }
+            Err(err) => return internal(err),
+        };
+        let want = meta.audio.as_ref().and_then(|a| a.sha256.clone());
+        let got = auth::content_sha256(data);
+        if want.as_deref() != Some(got.as_str()) || want.as_deref() != Some(e.sha256.as_str()) {
+            c.counters.rejected_copies.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(recording = %e.id, got = %got, "rejected a copy from a peer: checksum mismatch");
+            results.push(json!({ "id": e.id, "verified": false, "error": "checksum mismatch" }));
+            continue;
+        }
+        accepted.push((e.id, BlobKey::audio(meta.started_at, e.id), body.slice(pos - e.bytes as usize..pos)));
+        results.push(json!({ "id": e.id, "verified": got }));
+    }
+    if !accepted.is_empty() {
+        let puts = accepted.iter().map(|(_, k, d)| BlobPut::Bytes { key: k.clone(), data: d.to_vec() }).collect();
+        let blobs = c.blobs.clone();
+        let written = match tokio::task::spawn_blocking(move || blobs.put_all(puts)).await {
+            Ok(w) => w,
+            Err(e) => return internal(e),
+        };
+        if let Some(Err(e)) = written.into_iter().find(Result::is_err) {
+            return internal(e);
+        }
+        let ids: Vec<RecordingId> = accepted.iter().map(|(id, _, _)| *id).collect();
+        if let Err(e) = c.index.set_audio_here_many(&ids, true).await {
+            return internal(e);
+        }
+        c.counters.received_copies.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    }
+    Json(results).into_response()
 }
 
 async fn get_meta(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Response {
@@ -256,19 +371,32 @@ async fn upload_chunk(
     let total = p.total;
     let offset = p.offset;
     let dir = c.incoming.clone();
-    let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<Result<u64, u64>> {
+    let running = c.uploads.lock().expect("uploads lock").remove(&id);
+    let wrote = tokio::task::spawn_blocking(move || -> std::io::Result<Result<(u64, Sha256), u64>> {
         std::fs::create_dir_all(&dir)?;
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
         let have = f.seek(SeekFrom::End(0))?;
         if have != offset || offset + body.len() as u64 > total {
             return Ok(Err(have));
         }
+        let mut hasher = match running {
+            Some((n, h)) if n == have => h,
+            _ => {
+                // After a restart: hash what the part already holds, once.
+                let mut h = Sha256::new();
+                f.seek(SeekFrom::Start(0))?;
+                std::io::copy(&mut (&mut f).take(have), &mut HashWriter(&mut h))?;
+                f.seek(SeekFrom::End(0))?;
+                h
+            }
+        };
         f.write_all(&body)?;
-        Ok(Ok(have + body.len() as u64))
+        hasher.update(&body);
+        Ok(Ok((have + body.len() as u64, hasher)))
     })
     .await;
-    let now_have = match wrote {
-        Ok(Ok(Ok(n))) => n,
+    let (now_have, hasher) = match wrote {
+        Ok(Ok(Ok(x))) => x,
         Ok(Ok(Err(have))) => {
             return (StatusCode::CONFLICT, Json(json!({ "error": "offset mismatch", "offset": have }))).into_response()
         }
@@ -276,14 +404,19 @@ async fn upload_chunk(
         Err(e) => return internal(e),
     };
     if now_have < total {
+        let mut uploads = c.uploads.lock().expect("uploads lock");
+        if uploads.len() >= 4096 {
+            uploads.clear(); // abandoned uploads: their parts are hashed again if they resume
+        }
+        uploads.insert(id, (now_have, hasher));
         return Json(json!({ "offset": now_have, "complete": false })).into_response();
     }
     // Complete: verify, then store (durably) and mark the audio as here.
+    let sha = cluster::hex(&hasher.finalize());
     let (blobs, path) = (c.blobs.clone(), part_path(&c, id));
     let key = BlobKey::audio(meta.started_at, id);
     let want2 = want.clone();
     let stored = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let (sha, _) = store::sha256_file(&path).map_err(|e| e.to_string())?;
         if sha != want2 {
             let _ = std::fs::remove_file(&path);
             return Err(format!("received audio has SHA-256 {sha}, expected {want2}"));
@@ -374,6 +507,19 @@ async fn start_scrub(State(c): State<Arc<Cluster>>) -> Response {
         super::jobs::scrub(&c).await;
     });
     (StatusCode::ACCEPTED, Json(json!({ "scrub": "started" }))).into_response()
+}
+
+/// Feeds what is written to a hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 pub fn to_setting(s: &StoredSetting) -> Option<Setting> {

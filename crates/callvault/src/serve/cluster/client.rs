@@ -115,6 +115,20 @@ impl PeerClient {
         Ok(Reply { status, body })
     }
 
+    /// An audio chunk, signed without its body digest (the signed query
+    /// carries the whole file's SHA-256, which the target checks).
+    pub fn put_chunk(&self, base: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let mut r = self.agent.put(&url).header("content-type", "application/octet-stream");
+        for (k, v) in self.signed_headers("PUT", path, auth::UNSIGNED_PAYLOAD) {
+            r = r.header(k, v);
+        }
+        let mut resp = r.send(body).map_err(|e| format!("PUT {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().with_config().limit(1 << 20).read_to_vec().map_err(|e| format!("PUT {url}: {e}"))?;
+        Ok(Reply { status, body })
+    }
+
     /// JSON request and answer (small bodies).
     pub fn json(
         &self,

@@ -77,6 +77,10 @@ pub struct Cluster {
     /// Starts an anti-entropy round now (an operator asked).
     pub anti_entropy_now: Arc<Notify>,
     pub counters: ClusterCounters,
+    /// Uploads in progress: bytes received and the running SHA-256, so the
+    /// last chunk needs no second read of the file (lost on restart: the
+    /// part file is hashed again once).
+    pub uploads: Mutex<std::collections::HashMap<model::RecordingId, (u64, sha2::Sha256)>>,
     /// The last 10,000 times from a call's end to a target's verified copy, ms.
     pub recent_lags: Mutex<std::collections::VecDeque<u64>>,
     /// Every node ever heard from (persisted): replication targets even while down.
@@ -140,6 +144,7 @@ impl Cluster {
             leader: Mutex::new(None),
             known_nodes: Mutex::new(Default::default()),
             recent_lags: Mutex::new(Default::default()),
+            uploads: Mutex::new(Default::default()),
             quarantined: AtomicBool::new(false),
             cfg,
         })
@@ -238,26 +243,44 @@ impl Cluster {
     /// the retention period (a copy of a recording the cluster deleted long
     /// ago, from a node that was away: it must not come back).
     pub async fn store_replica_meta(&self, meta: &RecordingMeta) -> Result<bool, String> {
-        if self.index.tombstoned(meta.id).await.map_err(|e| e.to_string())?.is_some() {
-            return Ok(false);
-        }
+        Ok(self.store_replica_metas(std::slice::from_ref(meta)).await?.pop().unwrap_or(false))
+    }
+
+    /// [`Cluster::store_replica_meta`] for a batch: one blob write (one
+    /// filesystem sync) and one index transaction for all of them.
+    pub async fn store_replica_metas(&self, metas: &[RecordingMeta]) -> Result<Vec<bool>, String> {
         let retention = heartbeat::all_settings(self).await.into_iter().find(|s| s.key == "retention.days");
-        if let Some(days) = retention.and_then(|s| s.value.as_i64()).filter(|d| *d > 0) {
+        let oldest_ms = retention.and_then(|s| s.value.as_i64()).filter(|d| *d > 0).map(|d| now_ms() - d * 86_400_000);
+        let mut keep = Vec::with_capacity(metas.len());
+        for meta in metas {
             let started = (meta.started_at.unix_timestamp_nanos() / 1_000_000) as i64;
-            if now_ms() - started > days * 86_400_000 {
-                tracing::info!(recording = %meta.id, days, "refused a copy older than the retention period");
-                return Ok(false);
+            let too_old = oldest_ms.is_some_and(|o| started < o);
+            if too_old {
+                tracing::info!(recording = %meta.id, "refused a copy older than the retention period");
+            }
+            let dead = self.index.tombstoned(meta.id).await.map_err(|e| e.to_string())?.is_some();
+            keep.push(!too_old && !dead);
+        }
+        let puts: Vec<BlobPut> = metas
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(m, _)| BlobPut::Bytes { key: BlobKey::meta(m.started_at, m.id), data: m.to_json() })
+            .collect();
+        if !puts.is_empty() {
+            let blobs = self.blobs.clone();
+            let written = tokio::task::spawn_blocking(move || blobs.put_all(puts)).await.map_err(|e| e.to_string())?;
+            if let Some(Err(e)) = written.into_iter().find(Result::is_err) {
+                return Err(format!("storing metadata: {e}"));
             }
         }
-        let here = self.index.audio_here(meta.id).await.map_err(|e| e.to_string())?.unwrap_or(false);
-        let (blobs, json, key) = (self.blobs.clone(), meta.to_json(), BlobKey::meta(meta.started_at, meta.id));
-        let written = tokio::task::spawn_blocking(move || blobs.put_all(vec![BlobPut::Bytes { key, data: json }]))
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Some(Err(e)) = written.into_iter().next() {
-            return Err(format!("storing metadata: {e}"));
-        }
-        self.index.put_replica(meta, here).await.map_err(|e| e.to_string())
+        // `false` keeps the audio flag as it is (it only ever rises through a verified copy).
+        let items: Vec<(&RecordingMeta, bool)> =
+            metas.iter().zip(&keep).filter(|(_, k)| **k).map(|(m, _)| (m, false)).collect();
+        let stored = self.index.put_replicas(&items).await.map_err(|e| e.to_string())?;
+        let mut stored = stored.into_iter();
+        // A stale snapshot that changed nothing still counts as held.
+        Ok(keep.into_iter().map(|k| k && stored.next().is_some()).collect())
     }
 
     /// Lag from a recording's end to now, counted when a target confirmed a copy.
