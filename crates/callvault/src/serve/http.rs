@@ -513,7 +513,7 @@ async fn cluster_anti_entropy(State(s): State<AppState>) -> Result<Response, Api
 
 async fn settings_list(State(s): State<AppState>) -> Result<Response, ApiError> {
     let c = cluster_of(&s)?;
-    Ok(Json(json!({ "settings": super::cluster::heartbeat::all_settings(c).await })).into_response())
+    Ok(Json(json!({ "settings": super::cluster::settings::all_settings(c).await })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,7 +527,7 @@ async fn settings_put(
     Json(body): Json<SettingBody>,
 ) -> Result<Response, ApiError> {
     let c = cluster_of(&s)?;
-    let set = super::cluster::heartbeat::set_setting(c, &key, body.value)
+    let set = super::cluster::settings::set_setting(c, &key, body.value)
         .await
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
     Ok(Json(json!({ "setting": set })).into_response())

@@ -225,7 +225,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let persist_handle =
         tokio::spawn(persist::run(persist_rx, saved_tx, backlog, archive, db.clone(), replication.clone()));
     if let Some(s) = &cluster {
-        cluster::feed_local_state(s.cluster.clone(), admin_tx.clone(), dir.clone(), cfg.sip.max_calls);
+        feed_local_state(s.cluster.clone(), admin_tx.clone(), dir.clone(), cfg.sip.max_calls);
     }
 
     memory::spawn_trimmer(Duration::from_secs(60));
@@ -325,4 +325,28 @@ async fn wait_for_signal() {
 pub fn read_listen(data_dir: &std::path::Path) -> Option<serde_json::Value> {
     let p: PathBuf = data_dir.join("listen.json");
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// Keeps the heartbeat's view of this node (ready, load) current from the
+/// recorder core's status, every second.
+fn feed_local_state(c: Arc<cluster::Cluster>, admin: core::AdminTx, dir: DataDir, max_calls: usize) {
+    tokio::spawn(async move {
+        loop {
+            if let Some(st) = core::status(&admin).await {
+                let free = rustix::fs::statvfs(dir.root())
+                    .map(|s| s.f_bavail.saturating_mul(s.f_frsize) / (1024 * 1024))
+                    .unwrap_or(0);
+                let mut l = c.local.lock().expect("local state lock");
+                l.ready = st.can_record.is_ok();
+                l.load = ::cluster::Load {
+                    active_calls: st.active_recordings as u64,
+                    capacity: max_calls as u64,
+                    free_disk_mib: free,
+                };
+            } else {
+                return; // the core stopped
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
 }

@@ -42,7 +42,7 @@ use model::{RecordingId, RecordingMeta};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use store::{BlobKey, BlobPut, StoredSetting, Tombstone};
+use store::{BlobKey, BlobPut, Tombstone};
 
 use super::{now_ms, Cluster};
 use crate::serve::download;
@@ -487,7 +487,7 @@ async fn tombstones(State(c): State<Arc<Cluster>>, Json(list): Json<Vec<Tombston
 async fn get_settings(State(c): State<Arc<Cluster>>) -> Response {
     match c.index.settings().await {
         Ok(list) => {
-            let out: Vec<Setting> = list.into_iter().filter_map(|s| to_setting(&s)).collect();
+            let out: Vec<Setting> = list.into_iter().filter_map(|s| super::settings::to_setting(&s)).collect();
             Json(out).into_response()
         }
         Err(e) => internal(e),
@@ -495,7 +495,7 @@ async fn get_settings(State(c): State<Arc<Cluster>>) -> Response {
 }
 
 async fn put_settings(State(c): State<Arc<Cluster>>, Json(list): Json<Vec<Setting>>) -> Response {
-    match super::heartbeat::merge_settings(&c, list).await {
+    match super::settings::merge_settings(&c, list).await {
         Ok(changed) => Json(json!({ "changed": changed })).into_response(),
         Err(e) => refuse(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
@@ -520,8 +520,4 @@ impl Write for HashWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-pub fn to_setting(s: &StoredSetting) -> Option<Setting> {
-    Some(Setting { key: s.key.clone(), value: serde_json::from_str(&s.value).ok()?, stamp: s.stamp.parse().ok()? })
 }

@@ -10,53 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use background::{WorkState, Worker, WorkerStatus};
 use cluster::{NodeStatus, Setting};
-use store::StoredSetting;
 
-use super::api::to_setting;
+use super::settings::{all_settings, merge_settings};
 use super::{now_ms, Cluster};
-
-/// Merges settings from a peer or an operator (last writer wins on the
-/// stamp); returns the keys that changed. Invalid values are refused.
-pub async fn merge_settings(c: &Cluster, list: Vec<Setting>) -> Result<Vec<String>, String> {
-    let mut changed = Vec::new();
-    for s in list {
-        cluster::settings::validate(&s.key, &s.value)?;
-        if let Err(e) = c.clock.lock().expect("clock lock").observe(now_ms() as u64, &s.stamp) {
-            return Err(e.to_string());
-        }
-        let stored = StoredSetting { key: s.key.clone(), value: s.value.to_string(), stamp: s.stamp.to_string() };
-        if c.index.put_setting(&stored).await.map_err(|e| e.to_string())? {
-            changed.push(s.key);
-        }
-    }
-    if !changed.is_empty() {
-        refresh_digest(c).await;
-        tracing::info!(keys = ?changed, "cluster settings changed");
-    }
-    Ok(changed)
-}
-
-/// Sets a value on this node (an operator's change) and pushes it.
-pub async fn set_setting(c: &Cluster, key: &str, value: serde_json::Value) -> Result<Setting, String> {
-    cluster::settings::validate(key, &value)?;
-    let stamp = c.clock.lock().expect("clock lock").now(now_ms() as u64);
-    let s = Setting { key: key.to_owned(), value, stamp };
-    merge_settings(c, vec![s.clone()]).await?;
-    c.settings_changed.notify_one();
-    Ok(s)
-}
-
-pub async fn all_settings(c: &Cluster) -> Vec<Setting> {
-    c.index.settings().await.map(|l| l.iter().filter_map(to_setting).collect()).unwrap_or_default()
-}
-
-pub async fn refresh_digest(c: &Cluster) {
-    let all = all_settings(c).await;
-    if let Some(max) = all.iter().map(|s| &s.stamp).max() {
-        c.clock.lock().expect("clock lock").resume_after(max);
-    }
-    *c.settings_digest.lock().expect("digest lock") = cluster::settings::digest(all.iter());
-}
 
 /// A peer's answer to a heartbeat: its status and the peers it sees alive.
 #[derive(Debug, serde::Deserialize)]

@@ -25,7 +25,7 @@ use model::{RecordingId, RecordingMeta};
 use serde_json::{json, Value};
 use store::{BlobKey, Tombstone};
 
-use super::heartbeat::{all_settings, set_setting};
+use super::settings::{all_settings, set_setting};
 use super::{now_ms, Cluster};
 
 const DAY_MS: i64 = 86_400_000;

@@ -11,6 +11,7 @@ pub mod client;
 pub mod heartbeat;
 pub mod jobs;
 pub mod replicate;
+pub mod settings;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -249,7 +250,7 @@ impl Cluster {
     /// [`Cluster::store_replica_meta`] for a batch: one blob write (one
     /// filesystem sync) and one index transaction for all of them.
     pub async fn store_replica_metas(&self, metas: &[RecordingMeta]) -> Result<Vec<bool>, String> {
-        let retention = heartbeat::all_settings(self).await.into_iter().find(|s| s.key == "retention.days");
+        let retention = settings::all_settings(self).await.into_iter().find(|s| s.key == "retention.days");
         let oldest_ms = retention.and_then(|s| s.value.as_i64()).filter(|d| *d > 0).map(|d| now_ms() - d * 86_400_000);
         let mut keep = Vec::with_capacity(metas.len());
         for meta in metas {
@@ -367,7 +368,7 @@ pub async fn start(
     }
     let known = c.index.known_nodes().await.unwrap_or_default();
     c.known_nodes.lock().expect("known nodes lock").extend(known);
-    heartbeat::refresh_digest(&c).await;
+    settings::refresh_digest(&c).await;
     match acceptor {
         Some(acceptor) => {
             tokio::spawn(tls::serve(listener, acceptor, api::router(c.clone())));
@@ -406,25 +407,4 @@ pub async fn start(
     }
     tracing::info!(url = %c.url, peers = c.cfg.peers.len(), tls = c.cfg.tls(), mutual = c.cfg.tls_client_auth, "cluster API listening");
     Ok(Started { cluster: c, addr })
-}
-
-/// Keeps the heartbeat's view of this node (ready, load) current from the
-/// recorder core's status, every second.
-pub fn feed_local_state(c: Arc<Cluster>, admin: crate::serve::core::AdminTx, dir: store::DataDir, max_calls: usize) {
-    tokio::spawn(async move {
-        loop {
-            if let Some(st) = crate::serve::core::status(&admin).await {
-                let free = rustix::fs::statvfs(dir.root())
-                    .map(|s| s.f_bavail.saturating_mul(s.f_frsize) / (1024 * 1024))
-                    .unwrap_or(0);
-                let mut l = c.local.lock().expect("local state lock");
-                l.ready = st.can_record.is_ok();
-                l.load =
-                    Load { active_calls: st.active_recordings as u64, capacity: max_calls as u64, free_disk_mib: free };
-            } else {
-                return; // the core stopped
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
 }
