@@ -13,7 +13,7 @@
 //! protects the content on links between sites; see docs/cluster.md.
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 pub const HEADER_NODE: &str = "x-callvault-node";
 pub const HEADER_TIME: &str = "x-callvault-time";
@@ -74,7 +74,7 @@ pub fn verify(secret: &[u8], s: &Signed, signature: &str, now_ms: i64, max_skew_
 
 /// SHA-256 of a body, lowercase hex.
 pub fn content_sha256(body: &[u8]) -> String {
-    crate::hex(&Sha256::digest(body))
+    model::replica::sha256_hex(body)
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

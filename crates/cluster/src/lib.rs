@@ -23,13 +23,4 @@ pub use membership::{Load, Membership, NodeStatus, PeerView, Timing};
 pub use outbox::{Backoff, Lane, Schedule, TokenBucket, Window};
 pub use settings::Setting;
 
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
+pub use model::replica::hex;
