@@ -222,8 +222,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     };
     let core_handle = tokio::spawn(core.run());
-    let persist_handle =
-        tokio::spawn(persist::run(persist_rx, saved_tx, backlog, archive, db.clone(), replication.clone()));
+    let persist_handle = tokio::spawn(persist::run(
+        persist_rx,
+        saved_tx,
+        backlog,
+        archive,
+        db.clone(),
+        replication.clone(),
+        runner.clone(),
+    ));
     if let Some(s) = &cluster {
         feed_local_state(s.cluster.clone(), admin_tx.clone(), dir.clone(), cfg.sip.max_calls);
     }

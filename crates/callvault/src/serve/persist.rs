@@ -2,7 +2,7 @@
 //!
 //! - `Active`: the spool JSON of a running recording is rewritten
 //!   (durably) and the core is told (a new call is answered only then);
-//!   the index is updated in the background ([`ActiveIndexer`]), so the
+//!   the index is updated in the background (the `index-running` worker), so the
 //!   database never delays an answer; its errors are only logged, the
 //!   final write carries everything anyway. Saves waiting together share
 //!   one directory fsync and one database commit.
@@ -225,19 +225,45 @@ impl ActiveIndexer {
     fn forget(&self, id: RecordingId) {
         self.pending.lock().expect("indexer lock").remove(&id);
     }
+}
 
-    async fn run(self, db: Arc<dyn RecordingIndex>) {
-        loop {
-            self.wake.notified().await;
-            let batch = std::mem::take(&mut *self.pending.lock().expect("indexer lock"));
-            if batch.is_empty() {
-                continue;
-            }
-            let metas: Vec<&RecordingMeta> = batch.values().map(AsRef::as_ref).collect();
-            if let Err(e) = db.upsert_many(&metas).await {
-                tracing::warn!(recordings = metas.len(), error = %e, "index update failed (kept in spool)");
-            }
+/// The active indexer as a background worker (its status in /api/workers).
+struct IndexWorker {
+    indexer: ActiveIndexer,
+    db: Arc<dyn RecordingIndex>,
+    status: background::WorkerStatus,
+}
+
+#[async_trait::async_trait]
+impl background::Worker for IndexWorker {
+    fn name(&self) -> String {
+        "index-running".into()
+    }
+
+    async fn work(&mut self) -> Result<background::WorkState, String> {
+        let batch = std::mem::take(&mut *self.indexer.pending.lock().expect("indexer lock"));
+        self.status.queue_length = Some(0);
+        if batch.is_empty() {
+            return Ok(background::WorkState::Idle);
         }
+        let metas: Vec<&RecordingMeta> = batch.values().map(AsRef::as_ref).collect();
+        // A failed batch is not retried: the spool holds it and the final write carries everything.
+        self.db
+            .upsert_many(&metas)
+            .await
+            .map_err(|e| format!("index update of {} running recordings failed (kept in spool): {e}", metas.len()))?;
+        self.status.items_done += metas.len() as u64;
+        Ok(background::WorkState::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.indexer.wake.notified().await;
+    }
+
+    fn status(&self) -> background::WorkerStatus {
+        let mut s = self.status.clone();
+        s.queue_length = Some(self.indexer.pending.lock().expect("indexer lock").len() as u64);
+        s
     }
 }
 
@@ -311,6 +337,7 @@ pub async fn run(
     archive: Archive,
     db: Arc<dyn ClusterIndex>,
     replication: Replication,
+    runner: background::Runner,
 ) {
     // Recordings between their first save and their close: a snapshot of
     // any other (one that would land after the close) is dropped, so no
@@ -331,7 +358,11 @@ pub async fn run(
     let mut batch_sizes: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut retry_tick = tokio::time::interval(Duration::from_secs(5));
     let indexer = ActiveIndexer::default();
-    let indexing = tokio::spawn(indexer.clone().run(db.clone() as Arc<dyn RecordingIndex>));
+    let indexing = runner.spawn(IndexWorker {
+        indexer: indexer.clone(),
+        db: db.clone() as Arc<dyn RecordingIndex>,
+        status: background::WorkerStatus::default(),
+    });
     loop {
         tokio::select! {
             job = rx.recv() => {

@@ -153,6 +153,12 @@ fn three_nodes_hold_every_recording_with_identical_checksums_and_a_forked_call_i
     let sent: f64 = [&a, &b, &c].iter().map(|n| n.metric("callvault_replication_items_total")).sum();
     assert_eq!(sent, (11 * 2 * 2) as f64, "each recording went once to each other node, nothing relayed");
     assert_eq!(c.metric("callvault_cluster_auth_refused_total"), 0.0);
+    // Every piece of background work runs in the one worker shape, visible in the API.
+    let (_, w) = a.get("/api/workers");
+    let names: Vec<&str> = w["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    for want in ["anti-entropy", "cluster-heartbeat", "index-running", "jobs", "replicate:node-b", "replicate:node-c"] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
 }
 
 #[test]
