@@ -302,9 +302,47 @@ impl Default for LogConfig {
     }
 }
 
+/// Every configuration key as a dotted path (`sip.udp`), from the defaults.
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v.as_object() {
+            // A section (or a map whose entries are per-node settings).
+            Some(map) if !map.is_empty() || prefix.is_empty() => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &serde_json::to_value(Config::default()).expect("defaults serialize"), &mut out);
+    out
+}
+
+/// Is `key` (dotted, lowercase) a configuration key? Per-target settings
+/// (`cluster.targets.<node>.<key>`) are keys for any node name.
+fn is_known_key(known: &[String], key: &str) -> bool {
+    if let Some(rest) = key.strip_prefix("cluster.targets.") {
+        return matches!(rest.rsplit_once('.'), Some((_, "windows" | "timezone" | "bandwidth_kbps")));
+    }
+    known.iter().any(|k| k == key)
+}
+
 impl Config {
     /// Defaults ← `file` (if any) ← environment.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let cfg: Config = Self::figment(file)?.extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The layered sources. Only `CALLVAULT_*` variables that name a
+    /// documented key are read: others (an orchestrator's service links
+    /// such as `CALLVAULT_PORT=tcp://…`, a typo) are ignored with a warning
+    /// instead of stopping the node.
+    pub fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
@@ -312,10 +350,53 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("CALLVAULT_").split("__").ignore(&["config"]));
+        let known = known_keys();
+        for (name, _) in std::env::vars() {
+            let Some(rest) = name.strip_prefix("CALLVAULT_") else { continue };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if key != "config" && !is_known_key(&known, &key) {
+                eprintln!(
+                    "warning: ignoring environment variable {name}: not a callvault setting (docs/configuration.md)"
+                );
+            }
+        }
+        let env = Env::prefixed("CALLVAULT_")
+            .split("__")
+            .ignore(&["config"])
+            .filter(move |k| is_known_key(&known, &k.as_str().to_ascii_lowercase()));
+        Ok(fig.merge(env))
+    }
+
+    /// Every key's effective value and where it came from (`callvault config check`).
+    pub fn explain(file: Option<&Path>) -> anyhow::Result<Vec<(String, String, String)>> {
+        let fig = Self::figment(file)?;
         let cfg: Config = fig.extract()?;
         cfg.validate()?;
-        Ok(cfg)
+        let value = serde_json::to_value(&cfg)?;
+        let mut out = Vec::new();
+        fn walk(fig: &Figment, prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String, String)>) {
+            match v.as_object() {
+                Some(map) if !map.is_empty() => {
+                    for (k, v) in map {
+                        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                        walk(fig, &key, v, out);
+                    }
+                }
+                _ => {
+                    let source = fig
+                        .find_metadata(prefix)
+                        .map(|m| match (&m.source, m.name.contains("Config")) {
+                            (_, true) => "default".to_owned(),
+                            (Some(figment::Source::File(p)), _) => format!("file {}", p.display()),
+                            _ => m.name.to_string(),
+                        })
+                        .unwrap_or_else(|| "default".into());
+                    out.push((prefix.to_owned(), v.to_string(), source));
+                }
+            }
+        }
+        walk(&fig, "", &value, &mut out);
+        Ok(out)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -384,6 +465,8 @@ mod tests {
         std::fs::write(&f, "[media]\nport_min = 5\nport_max = 4\n").unwrap();
         assert!(Config::load(Some(&f)).is_err());
         assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+        assert!(is_known_key(&known_keys(), "sip.udp") && is_known_key(&known_keys(), "cluster.targets.rec-b.windows"));
+        assert!(!is_known_key(&known_keys(), "port") && !is_known_key(&known_keys(), "sip.udpp"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

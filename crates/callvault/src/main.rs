@@ -92,19 +92,47 @@ enum Command {
         #[command(subcommand)]
         action: admin::ReplicationAction,
     },
+    /// Check a configuration: validate it and print every effective value with its source.
+    Config {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Measure RTP ingest cost against a bare recvmmsg sink, and call setup rate.
     Bench(bench::BenchArgs),
 }
 
-fn init_logging(format: &str, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration (file, environment) and print the effective values.
+    Check,
+}
+
+/// Sets up logging; returns what changes the filter later (a reload).
+/// `RUST_LOG`, when set, wins over the configured level (and over reloads).
+fn init_logging(format: &str, level: &str) -> Box<dyn Fn(&str) -> Result<(), String> + Send + Sync> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{reload, EnvFilter};
+    let from_env = std::env::var("RUST_LOG").ok();
+    let filter = from_env.as_deref().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    // ANSI colours only on a terminal: log files and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
-        builder.json().init();
+        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init();
     } else {
-        builder.init();
+        registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init();
     }
+    Box::new(move |level: &str| {
+        if from_env.is_some() {
+            return Ok(()); // RUST_LOG decides
+        }
+        let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -127,20 +155,38 @@ fn main() -> anyhow::Result<()> {
                 cfg.media.port_max = b.trim().parse()?;
             }
             cfg.validate()?;
-            init_logging(&cfg.log.format, &cfg.log.level);
+            let set_log_level = init_logging(&cfg.log.format, &cfg.log.level);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("callvault").build()?;
-            rt.block_on(serve::run(cfg))
+            let reload = serve::Reload { file: node.config.clone(), set_log_level };
+            rt.block_on(serve::run(cfg, reload))
         }
         Command::Call(args) => {
-            init_logging("text", "warn");
+            let _ = init_logging("text", "warn");
             client::run(*args)
         }
         Command::Recordings { node, action } => admin::recordings(node.load()?, action),
         Command::Complete { node, id } => admin::complete(node.load()?, &id),
         Command::Cluster { node, action } => admin::cluster(node.load()?, action),
         Command::Replication { node, action } => admin::replication(node.load()?, action),
+        Command::Config { node, action: ConfigAction::Check } => {
+            match config::Config::explain(node.config.as_deref()) {
+                Ok(lines) => {
+                    let width = lines.iter().map(|(k, v, _)| k.len() + v.len()).max().unwrap_or(0) + 3;
+                    for (k, v, source) in lines {
+                        let kv = format!("{k} = {v}");
+                        println!("{kv:<width$}  # {source}");
+                    }
+                    eprintln!("configuration is valid");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("configuration is NOT valid: {e:#}");
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::Bench(args) => {
-            init_logging("text", "warn");
+            let _ = init_logging("text", "warn");
             bench::run(args)
         }
     }

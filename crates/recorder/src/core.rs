@@ -212,6 +212,13 @@ impl Recorder {
         self.storage_ok = ok;
     }
 
+    /// Settings an operator may change while calls run (a reload): who may
+    /// send calls, and the call limit. Calls in progress are not touched.
+    pub fn set_admission(&mut self, allowed_sources: Vec<ipnet::IpNet>, max_calls: usize) {
+        self.cfg.allowed_sources = allowed_sources;
+        self.cfg.max_calls = max_calls;
+    }
+
     /// The driver's audio writer is behind: new calls get 503 until it catches up.
     pub fn set_storage_slow(&mut self, slow: bool) {
         self.storage_slow = slow;

@@ -18,8 +18,16 @@ use super::transport::{Inbound, Transports};
 #[derive(Debug)]
 pub enum AdminCmd {
     Complete(RecordingId, oneshot::Sender<bool>),
+    /// A reload: new admission settings for new calls.
+    SetAdmission {
+        allowed_sources: Vec<ipnet::IpNet>,
+        max_calls: usize,
+    },
     SetDraining(bool),
-    SetStorage { ok: bool, reason: String },
+    SetStorage {
+        ok: bool,
+        reason: String,
+    },
     Status(oneshot::Sender<NodeStatus>),
     Active(oneshot::Sender<Vec<RecordingMeta>>),
     ActiveOne(RecordingId, oneshot::Sender<Option<RecordingMeta>>),
@@ -109,6 +117,10 @@ impl CoreTask {
                 Some(cmd) = self.admin.recv() => match cmd {
                     AdminCmd::Complete(id, reply) => {
                         let _ = reply.send(self.recorder.complete(now(), id));
+                    }
+                    AdminCmd::SetAdmission { allowed_sources, max_calls } => {
+                        tracing::info!(allowed_sources = ?allowed_sources, max_calls, "admission settings reloaded");
+                        self.recorder.set_admission(allowed_sources, max_calls);
                     }
                     AdminCmd::SetDraining(d) => {
                         tracing::info!(draining = d, "drain mode changed");

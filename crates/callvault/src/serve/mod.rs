@@ -108,7 +108,15 @@ fn fallback_ip(cfg: &Config) -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// What a reload (SIGHUP) can change while calls run.
+pub struct Reload {
+    /// The configuration file the node was started with.
+    pub file: Option<PathBuf>,
+    /// Applies a new log filter (the logging layer's reload handle).
+    pub set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+}
+
+pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     // A file-size limit must make writes fail (EFBIG, handled like a full
     // disk), not kill the recorder: listening for SIGXFSZ replaces its
     // default action (terminate).
@@ -293,6 +301,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     store::durable_write(&dir.root().join("listen.json"), listen.to_string().as_bytes())?;
     tracing::info!(sip_udp = ?udp_addr, sip_tcp = ?tcp_addr, http = ?http_addr, "ready");
 
+    // SIGHUP (systemctl reload, log rotators): re-read the configuration
+    // and apply what can change while calls run; an invalid file changes nothing.
+    {
+        let admin = admin_tx.clone();
+        let running = cfg.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            let mut running = running;
+            while hup.recv().await.is_some() {
+                match apply_reload(&reload, &running, &admin).await {
+                    Ok(next) => running = next,
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running settings stay"),
+                }
+            }
+        });
+    }
+
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
@@ -318,6 +343,36 @@ fn bind_sip_udp(addr: &str, recv_buffer: usize) -> anyhow::Result<UdpSocket> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// One reload: the file and environment again; allowed sources, the call
+/// limit and the log level take effect, other changes wait for a restart.
+async fn apply_reload(reload: &Reload, running: &Config, admin: &core::AdminTx) -> anyhow::Result<Config> {
+    let mut next = Config::load(reload.file.as_deref())?;
+    // Command-line overrides of the start stay (they are not in the file).
+    next.data_dir = running.data_dir.clone();
+    next.sip.udp = running.sip.udp.clone();
+    next.sip.tcp = running.sip.tcp.clone();
+    next.http.listen = running.http.listen.clone();
+    next.media.port_min = running.media.port_min;
+    next.media.port_max = running.media.port_max;
+    (reload.set_log_level)(&next.log.level).map_err(|e| anyhow::anyhow!("log.level: {e}"))?;
+    admin
+        .send(AdminCmd::SetAdmission {
+            allowed_sources: next.sip.allowed_sources.to_vec(),
+            max_calls: next.sip.max_calls,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the recorder core is not running"))?;
+    let mut unchanged = next.clone();
+    unchanged.sip.allowed_sources = running.sip.allowed_sources.clone();
+    unchanged.sip.max_calls = running.sip.max_calls;
+    unchanged.log.level = running.log.level.clone();
+    if unchanged != *running {
+        tracing::warn!("the configuration file has changes that take effect only at the next start");
+    }
+    tracing::info!(log_level = %next.log.level, max_calls = next.sip.max_calls, "configuration reloaded (SIGHUP)");
+    Ok(next)
 }
 
 async fn wait_for_signal() {

@@ -113,6 +113,11 @@ impl Node {
         self.restart()
     }
 
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// `kill -9`: no cleanup at all.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

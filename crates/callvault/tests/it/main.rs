@@ -10,5 +10,6 @@ mod cluster;
 mod corpus;
 mod failures;
 mod harness;
+mod operations;
 mod proxy;
 mod sipp;

@@ -1,0 +1,113 @@
+//! Running the node like a well-kept daemon: SIGHUP reloads, stray
+//! environment variables, `config check`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{call, call_bg, finish_bg, Node, BIN};
+
+fn hup(node: &Node) {
+    assert!(Command::new("kill").arg("-HUP").arg(node.pid().to_string()).status().unwrap().success());
+}
+
+fn wait_log(node: &Node, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log().contains(needle) {
+        assert!(Instant::now() < deadline, "log never said {needle:?}:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_allow_list_and_keeps_calls_recording_and_a_bad_file_changes_nothing() {
+    let dir = crate::harness::temp_dir("hup-config");
+    let file = dir.join("callvault.toml");
+    std::fs::write(&file, "[sip]\nallowed_sources = [\"127.0.0.0/8\"]\n").unwrap();
+    let mut node = Node::start_with("hup", &[("CALLVAULT_CONFIG", file.to_str().unwrap())]);
+
+    let live = call_bg(node.sip_udp, &["--duration", "4", "--tone-a", "440", "--tone-b", "1000"]);
+    std::thread::sleep(Duration::from_secs(1));
+    // Only 10.0.0.0/8 from now on; and a log level that is valid.
+    std::fs::write(&file, "[sip]\nallowed_sources = [\"10.0.0.0/8\"]\n[log]\nlevel = \"debug\"\n").unwrap();
+    hup(&node);
+    wait_log(&node, "configuration reloaded");
+    assert!(node.alive(), "SIGHUP does not stop the node");
+
+    let summary = finish_bg(live);
+    assert_eq!(summary["established"], 1);
+    let rec = node.finished(summary["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "completed", "the call in progress kept recording: {rec:#}");
+    assert!(rec["duration_ms"].as_u64().unwrap() >= 3800);
+    node.audio(&rec).assert_tone(0, 440.0, 1000.0, 200, 3800);
+
+    let refused = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(refused["established"], 0, "the new allow-list applies to the next call: {refused:#}");
+    assert_eq!(refused["calls"][0]["status"], 403);
+
+    // An invalid file: the reload is refused and the running settings stay.
+    std::fs::write(&file, "[sip]\nallowed_sources = [\"not-a-network\"]\n").unwrap();
+    hup(&node);
+    wait_log(&node, "reload refused");
+    assert!(node.alive());
+    let still = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(still["calls"][0]["status"], 403, "still the reloaded allow-list");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn service_link_variables_from_an_orchestrator_do_not_stop_the_node() {
+    let node = Node::start_with(
+        "svc-links",
+        &[
+            ("CALLVAULT_PORT", "tcp://10.0.0.1:5060"),
+            ("CALLVAULT_PORT_5060_TCP", "tcp://10.0.0.1:5060"),
+            ("CALLVAULT_PORT_5060_TCP_ADDR", "10.0.0.1"),
+            ("CALLVAULT_SERVICE_HOST", "10.0.0.1"),
+        ],
+    );
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["established"], 1, "{s:#}");
+    assert!(node.log().contains("ignoring environment variable CALLVAULT_PORT"), "{}", node.log());
+    // The CLI reads the same configuration: it works with them set too.
+    let out = Command::new(BIN)
+        .args(["recordings", "list", "--data-dir"])
+        .arg(&node.dir)
+        .env("CALLVAULT_PORT", "tcp://10.0.0.1:5060")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn config_check_prints_every_value_with_its_source_and_rejects_a_bad_file() {
+    let dir = crate::harness::temp_dir("config-check");
+    let file = dir.join("c.toml");
+    std::fs::write(&file, "[media]\nport_min = 30000\nport_max = 31000\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .env("CALLVAULT_SIP__UDP", "127.0.0.1:5070")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+            .to_owned()
+    };
+    assert!(line("media.port_min").contains("30000") && line("media.port_min").contains("file"), "{text}");
+    assert!(line("sip.udp").contains("127.0.0.1:5070") && line("sip.udp").contains("environment"), "{text}");
+    assert!(line("sip.tcp").ends_with("# default"), "{text}");
+
+    std::fs::write(&file, "[media]\nport_min = 31000\nport_max = 30000\n").unwrap();
+    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("port_min must be below"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
