@@ -111,7 +111,7 @@ enum ConfigAction {
 
 /// Sets up logging; returns what changes the filter later (a reload).
 /// `RUST_LOG`, when set, wins over the configured level (and over reloads).
-fn init_logging(format: &str, level: &str) -> Box<dyn Fn(&str) -> Result<(), String> + Send + Sync> {
+fn init_logging(format: &str, level: &str) -> serve::SetLogLevel {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{reload, EnvFilter};

@@ -108,12 +108,14 @@ fn fallback_ip(cfg: &Config) -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
+/// Applies a new log filter (the logging layer's reload handle).
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// What a reload (SIGHUP) can change while calls run.
 pub struct Reload {
     /// The configuration file the node was started with.
     pub file: Option<PathBuf>,
-    /// Applies a new log filter (the logging layer's reload handle).
-    pub set_log_level: Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>,
+    pub set_log_level: SetLogLevel,
 }
 
 pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
