@@ -84,6 +84,8 @@ pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
                     "ID", "STARTED", "DURATION", "STATE", "SOURCE"
                 );
                 for r in &recs {
+                    // Escaped again here: recordings stored by older versions kept raw bytes.
+                    let party = |p: &Option<String>| model::escape_control(p.as_deref().unwrap_or("?"));
                     println!(
                         "{:<36}  {:<25}  {:>8.1}s  {:<11}  {:<8}  {} -> {}",
                         r.id,
@@ -91,8 +93,8 @@ pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
                         r.duration_ms as f64 / 1000.0,
                         r.state,
                         format!("{:?}", r.source).to_lowercase(),
-                        r.caller.as_deref().unwrap_or("?"),
-                        r.callee.as_deref().unwrap_or("?"),
+                        party(&r.caller),
+                        party(&r.callee),
                     );
                 }
             }

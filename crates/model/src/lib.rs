@@ -103,6 +103,19 @@ impl fmt::Display for RecordingState {
     }
 }
 
+/// `text` with every control character written as `\u{XX}`.
+pub fn escape_control(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One entry of a recording's state history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateChange {
@@ -340,6 +353,49 @@ impl RecordingMeta {
         }
     }
 
+    /// Escapes control characters (NUL, ESC sequences, newlines…) in every
+    /// text that came from the network (SIP headers, SIPREC metadata), so
+    /// nothing stored or printed can drive an operator's terminal: `\u{1b}`
+    /// is kept as those six characters. Idempotent.
+    pub fn escape_control(&mut self) {
+        let fix = |s: &mut String| {
+            if s.chars().any(char::is_control) {
+                *s = escape_control(s);
+            }
+        };
+        let fix_opt = |s: &mut Option<String>| {
+            if let Some(s) = s {
+                fix(s);
+            }
+        };
+        fix_opt(&mut self.caller);
+        fix_opt(&mut self.callee);
+        fix_opt(&mut self.direction);
+        fix_opt(&mut self.user_agent);
+        fix_opt(&mut self.call_key);
+        fix(&mut self.source_addr);
+        self.call_ids.iter_mut().for_each(fix);
+        for p in &mut self.participants {
+            for f in [
+                &mut p.id,
+                &mut p.name,
+                &mut p.aor,
+                &mut p.number,
+                &mut p.role,
+                &mut p.device,
+                &mut p.joined_at,
+                &mut p.left_at,
+            ] {
+                fix_opt(f);
+            }
+        }
+        for st in &mut self.streams {
+            fix_opt(&mut st.label);
+            fix_opt(&mut st.sender);
+            fix_opt(&mut st.remote);
+        }
+    }
+
     /// The reason of the last state change.
     pub fn reason(&self) -> Option<&str> {
         self.state_history.last().map(|c| c.reason.as_str())
@@ -366,6 +422,23 @@ mod tests {
         assert!(a < b);
         assert_eq!(a.to_string().parse::<RecordingId>().unwrap(), a);
         assert_eq!(a.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn control_characters_are_kept_escaped() {
+        assert_eq!(escape_control("a\u{1b}[31mb\0c\n"), "a\\u{1b}[31mb\\u{0}c\\u{a}");
+        assert_eq!(escape_control("Zoë (ok)"), "Zoë (ok)");
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut m =
+            RecordingMeta::start(RecordingId::new(t), NodeId("n".into()), SourceKind::Plain, t, "udp:x".into(), "r");
+        m.user_agent = Some("evil\u{1b}]0;pwned\u{7}".into());
+        m.participants = vec![Participant { name: Some("\u{0}Alice".into()), ..Default::default() }];
+        m.escape_control();
+        let once = m.clone();
+        m.escape_control();
+        assert_eq!(m, once, "idempotent");
+        assert!(!m.to_json().iter().any(|b| *b == 0x1b || *b == 0));
+        assert_eq!(m.participants[0].name.as_deref(), Some("\\u{0}Alice"));
     }
 
     #[test]

@@ -834,6 +834,7 @@ impl Recorder {
     fn save(&mut self, id: RecordingId, started: bool) -> u64 {
         let rec = self.recordings.get_mut(&id).expect("active recording");
         rec.save_seq += 1;
+        rec.meta.escape_control();
         let meta = Box::new(rec.meta.clone());
         let event = if started { RecordingEvent::Started(meta) } else { RecordingEvent::Updated(meta) };
         self.out.push_back(Output::Recording { event, seq: rec.save_seq });
@@ -1223,6 +1224,7 @@ impl Recorder {
             }
         }
         rec.meta.transition(state, now.wall, reason);
+        rec.meta.escape_control();
         *self.counters.recordings_ended.entry(state.as_str()).or_default() += 1;
         self.out.push_back(Output::Media(MediaCommand::Stop { recording: id, meta: Box::new(rec.meta) }));
     }

@@ -73,6 +73,20 @@ fn api_error(code: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError(code, msg.into())
 }
 
+/// A storage or internal failure: the client gets a generic message and a
+/// correlation id, the log gets the detail under the same id (database
+/// error text never reaches a client).
+fn internal(code: StatusCode, what: &str, detail: impl std::fmt::Display) -> ApiError {
+    let id = format!("{:016x}", fastrand::u64(..));
+    tracing::error!(correlation_id = %id, error = %detail, "{what} failed");
+    ApiError(code, format!("{what} failed (correlation id {id})"))
+}
+
+/// Longest accepted `party` filter, and the largest `limit` and `offset`.
+pub const MAX_PARTY_LEN: usize = 128;
+pub const MAX_LIMIT: u32 = 10_000;
+pub const MAX_OFFSET: u32 = 1_000_000;
+
 async fn ready(State(s): State<AppState>) -> Response {
     let Some(st) = status(&s.admin).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
@@ -83,10 +97,11 @@ async fn ready(State(s): State<AppState>) -> Response {
         (Err(why), _) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": why }))).into_response()
         }
-        (_, Err(e)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": format!("database: {e}") })))
-                .into_response()
-        }
+        (_, Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": internal(StatusCode::SERVICE_UNAVAILABLE, "index", e).1 })),
+        )
+            .into_response(),
     }
 }
 
@@ -154,9 +169,18 @@ async fn list(State(s): State<AppState>, Query(p): Query<ListParams>) -> Result<
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
     let since = parse_time("since", p.since.as_ref())?;
     let until = parse_time("until", p.until.as_ref())?;
+    if p.party.as_ref().is_some_and(|x| x.chars().count() > MAX_PARTY_LEN) {
+        return Err(api_error(StatusCode::BAD_REQUEST, format!("party is at most {MAX_PARTY_LEN} characters")));
+    }
+    if p.limit.is_some_and(|l| l > MAX_LIMIT) || p.offset.is_some_and(|o| o > MAX_OFFSET) {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            format!("limit is at most {MAX_LIMIT}, offset at most {MAX_OFFSET}"),
+        ));
+    }
     let q =
         ListQuery { state, since, until, party: p.party, limit: p.limit.unwrap_or(100), offset: p.offset.unwrap_or(0) };
-    let recs = s.db.list(&q).await.map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")))?;
+    let recs = s.db.list(&q).await.map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "index", e))?;
     let mut out = Vec::with_capacity(recs.len());
     for r in recs {
         out.push(with_location(&s, r).await);
@@ -189,7 +213,7 @@ async fn find(s: &AppState, id: RecordingId) -> Result<RecordingMeta, ApiError> 
     match s.db.get(id).await {
         Ok(Some(meta)) => Ok(meta),
         Ok(None) => Err(api_error(StatusCode::NOT_FOUND, "no such recording")),
-        Err(e) => Err(api_error(StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"))),
+        Err(e) => Err(internal(StatusCode::SERVICE_UNAVAILABLE, "index", e)),
     }
 }
 
@@ -218,8 +242,8 @@ async fn audio(State(s): State<AppState>, Path(id): Path<String>, headers: Heade
     let k = key.clone();
     let len = tokio::task::spawn_blocking(move || blobs.len(&k))
         .await
-        .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("blob store: {e}")))?
+        .map_err(|e| internal(StatusCode::INTERNAL_SERVER_ERROR, "blob store", e))?
+        .map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "blob store", e))?
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "audio file missing on this node"))?;
     let mut resp = download::serve(s.blobs.clone(), key, len, &headers, "audio/wav");
     let disposition = format!("attachment; filename=\"{id}.wav\"");
@@ -412,8 +436,7 @@ async fn cluster_status(State(s): State<AppState>) -> Result<Response, ApiError>
 /// Per target: the outbox (depth, oldest item, last error) and its worker.
 async fn replication_status(State(s): State<AppState>) -> Result<Response, ApiError> {
     let c = cluster_of(&s)?;
-    let stats =
-        c.index.outbox_stats().await.map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+    let stats = c.index.outbox_stats().await.map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "index", e))?;
     let workers = s.workers.list();
     let mut targets = serde_json::Map::new();
     let mut names: Vec<String> = c.targets();
@@ -465,7 +488,7 @@ async fn replication_retry(State(s): State<AppState>, body: Option<Json<RetryBod
         .index
         .outbox_retry(target.as_deref(), super::cluster::now_ms())
         .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+        .map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "index", e))?;
     c.outbox_wake.notify_waiters();
     tracing::info!(target = ?target, items = n, "replication retry requested");
     Ok(Json(json!({ "rescheduled": n })).into_response())
@@ -483,11 +506,8 @@ async fn cluster_forget(State(s): State<AppState>, Path(node): Path<String>) -> 
     if node == c.me.0 {
         return Err(api_error(StatusCode::BAD_REQUEST, "a node cannot forget itself"));
     }
-    let dropped = c
-        .index
-        .forget_node(&node)
-        .await
-        .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, format!("index: {e}")))?;
+    let dropped =
+        c.index.forget_node(&node).await.map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "index", e))?;
     c.known_nodes.lock().expect("known nodes lock").remove(&node);
     let url = c
         .membership

@@ -272,3 +272,62 @@ fn garbage_rtp_and_floods_do_not_disturb_recording() {
     assert_eq!(stats["lost"], 0, "the real stream lost nothing: {stats}");
     assert!(node.metric("callvault_rtp_malformed_packets_total") > 0.0);
 }
+
+/// Control bytes in From, Call-ID and User-Agent are stored escaped: no
+/// escape sequence reaches an operator's terminal through the CLI or API.
+#[test]
+fn control_bytes_in_headers_never_reach_a_terminal_raw() {
+    let node = Node::start("ctrl-bytes");
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let call_id = "ctl\u{1b}[2Jcall";
+    let text = invite(call_id, "User-Agent: evil\u{1b}]0;pwned\u{7}\r\n", Some("application/sdp"), SDP)
+        .replace("From: <sip:src@127.0.0.1>", "From: \"\u{1b}[31mRed\u{0}\" <sip:src@127.0.0.1>");
+    let rs = exchange(&sock, node.sip_udp, text.as_bytes());
+    let (code, _) = final_code(&rs).expect("answered");
+    if code == 200 {
+        let ok = rs.iter().find(|r| r.status.as_u16() == 200).unwrap();
+        exchange(&sock, node.sip_udp, bye_for(ok, call_id).as_bytes());
+    } else {
+        assert_eq!(code, 400, "control bytes are either stored escaped or refused");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while code == 200 && node.recordings("").iter().all(|r| r["state"] == "active") {
+        assert!(Instant::now() < deadline, "the call never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for args in [vec!["recordings", "list"], vec!["recordings", "list", "--json"]] {
+        let out = std::process::Command::new(crate::harness::BIN)
+            .args(&args)
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            !out.stdout.iter().any(|b| *b == 0x1b || *b == 0 || *b == 7),
+            "raw control bytes in {args:?}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if code == 200 && args.len() == 3 {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("u{1b}"), "kept, escaped");
+        }
+    }
+    let (_, body) = crate::harness::http_json("GET", &node.url("/api/recordings"), None);
+    assert!(!body.to_string().contains('\u{1b}'));
+}
+
+/// Query inputs have limits and get a clear 400 past them, never a database error.
+#[test]
+fn oversized_query_inputs_get_400() {
+    let node = Node::start("query-limits");
+    let long = "9".repeat(50_000);
+    let (code, v) = crate::harness::http_json("GET", &node.url(&format!("/api/recordings?party={long}")), None);
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("at most 128"), "{v}");
+    let (code, _) = node.get("/api/recordings?limit=1000000");
+    assert_eq!(code, 400);
+    let (code, _) = node.get("/api/recordings?since=yesterday");
+    assert_eq!(code, 400);
+    let (code, v) = node.get(&format!("/api/recordings?party={}", "9".repeat(128)));
+    assert_eq!(code, 200, "at the limit is fine: {v}");
+}
