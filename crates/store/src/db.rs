@@ -68,7 +68,13 @@ impl SqliteIndex {
             // Background writers (archive, replication, anti-entropy) queue for
             // the one write lock; the recorder never waits for it.
             .busy_timeout(Duration::from_secs(15));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        // Connections are renewed now and then, so one left in a bad state by
+        // a failed commit does not stay in the pool for ever.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .max_lifetime(Duration::from_secs(600))
+            .connect_with(opts)
+            .await?;
         Migrator::new(Embedded).await?.run(&pool).await?;
         Ok(SqliteIndex { pool })
     }
@@ -78,7 +84,19 @@ impl SqliteIndex {
     /// (SQLITE_BUSY_SNAPSHOT) when another connection wrote meanwhile,
     /// instead of waiting its turn.
     pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, IndexError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        match self.pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => Ok(tx),
+            // A connection whose last COMMIT failed (disk I/O error, file too
+            // large) keeps sqlx's transaction depth above zero and refuses a
+            // custom BEGIN; a plain one still works on it. Take the write lock
+            // with the first statement instead (a write that changes nothing).
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("UPDATE settings SET key = key WHERE 0").execute(&mut *tx).await?;
+                Ok(tx)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Bytes the database file holds once the write-ahead log is folded in
