@@ -114,6 +114,14 @@ pub struct SipConfig {
     /// SO_RCVBUF of the SIP UDP socket, bytes: absorbs INVITE bursts (a
     /// platform failing over sends hundreds at once). Capped by net.core.rmem_max.
     pub udp_recv_buffer_bytes: usize,
+    /// Open SIP TCP connections at most, in total (0 = derived from the
+    /// open-files limit, keeping room for calls, storage and HTTP).
+    pub max_tcp_connections: usize,
+    /// Open SIP TCP connections at most from one source address.
+    pub max_tcp_connections_per_source: usize,
+    /// A SIP TCP connection with no traffic for this long is closed, seconds
+    /// (RFC 5626 CRLF keepalives count as traffic).
+    pub tcp_idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -199,6 +207,9 @@ impl Default for SipConfig {
             max_message_bytes: 65_535,
             t1_ms: 500,
             udp_recv_buffer_bytes: 4 * 1024 * 1024,
+            max_tcp_connections: 0,
+            max_tcp_connections_per_source: 256,
+            tcp_idle_timeout_secs: 300,
         }
     }
 }

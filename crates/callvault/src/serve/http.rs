@@ -29,11 +29,22 @@ pub struct AppState {
     pub node_id: String,
     pub cluster: Option<Arc<Cluster>>,
     pub workers: background::Registry,
+    pub tcp: Arc<super::transport::TcpStats>,
+    /// The open-files limit in force.
+    pub open_files: u64,
+}
+
+/// How long liveness and metrics wait for the recorder core.
+const CORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The core's status, or `None` when it does not answer within [`CORE_TIMEOUT`].
+async fn core_status(s: &AppState) -> Option<super::core::NodeStatus> {
+    tokio::time::timeout(CORE_TIMEOUT, status(&s.admin)).await.ok().flatten()
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { "ok\n" }))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(api_status))
@@ -87,8 +98,17 @@ pub const MAX_PARTY_LEN: usize = 128;
 pub const MAX_LIMIT: u32 = 10_000;
 pub const MAX_OFFSET: u32 = 1_000_000;
 
+/// Alive means the recorder core answers (within 2 s), not just that the
+/// HTTP task runs: a stuck core is restarted by the orchestrator.
+async fn live(State(s): State<AppState>) -> Response {
+    match core_status(&s).await {
+        Some(_) => "ok\n".into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "the recorder core does not answer"),
+    }
+}
+
 async fn ready(State(s): State<AppState>) -> Response {
-    let Some(st) = status(&s.admin).await else {
+    let Some(st) = core_status(&s).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
     };
     let db = s.db.ping().await;
@@ -105,19 +125,19 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
+/// Metrics answer even when the core is stuck: the process figures and
+/// `callvault_core_up 0` then, without the core's counters.
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let cluster = match &s.cluster {
         Some(c) => Some(cluster_figures(c).await),
         None => None,
     };
-    match status(&s.admin).await {
-        Some(st) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            metrics::render(st, cluster),
-        )
-            .into_response(),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running"),
-    }
+    let process = metrics::ProcessFigures::read(&s.tcp, s.open_files);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        metrics::render(core_status(&s).await, cluster, process),
+    )
+        .into_response()
 }
 
 async fn api_status(State(s): State<AppState>) -> Response {

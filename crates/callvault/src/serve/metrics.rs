@@ -34,8 +34,53 @@ pub struct ClusterFigures {
     pub targets: Vec<(String, u64, f64, u64)>,
 }
 
+/// Figures of the process itself, read at each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFigures {
+    pub open_fds: u64,
+    pub max_fds: u64,
+    pub rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub tcp_open: u64,
+    pub tcp_refused_total_cap: u64,
+    pub tcp_refused_source_cap: u64,
+    pub tcp_closed_idle: u64,
+    pub accept_no_descriptors: u64,
+}
+
+impl ProcessFigures {
+    pub fn read(tcp: &super::transport::TcpStats, max_fds: u64) -> ProcessFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let rss_kib: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        let hz = rustix::param::clock_ticks_per_second().max(1);
+        ProcessFigures {
+            open_fds,
+            max_fds,
+            rss_bytes: rss_kib * 1024,
+            cpu_seconds: ticks as f64 / hz as f64,
+            tcp_open: tcp.open.load(Relaxed),
+            tcp_refused_total_cap: tcp.refused_total_cap.load(Relaxed),
+            tcp_refused_source_cap: tcp.refused_source_cap.load(Relaxed),
+            tcp_closed_idle: tcp.closed_idle.load(Relaxed),
+            accept_no_descriptors: tcp.accept_no_descriptors.load(Relaxed),
+        }
+    }
+}
+
 #[derive(Debug)]
-struct StatusCollector(NodeStatus, Option<ClusterFigures>);
+struct StatusCollector(Option<NodeStatus>, Option<ClusterFigures>, ProcessFigures);
 
 fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
@@ -65,9 +110,47 @@ fn labelled_counter(
     Ok(())
 }
 
+fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessFigures, core_up: bool) -> Result<(), std::fmt::Error> {
+    gauge(enc, "callvault_core_up", "1 while the recorder core answers within 2 s", core_up as i64)?;
+    let mut fam = enc.encode_descriptor(
+        "callvault_build_info",
+        "Version of this node (value 1)",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    ConstGauge::new(1i64).encode(fam.encode_family(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])?)?;
+    gauge(enc, "callvault_process_open_fds", "Open file descriptors", p.open_fds as i64)?;
+    gauge(enc, "callvault_process_max_fds", "The open-files limit", p.max_fds.min(i64::MAX as u64) as i64)?;
+    gauge(enc, "callvault_process_resident_memory_bytes", "Resident memory", p.rss_bytes as i64)?;
+    let cpu = ConstCounter::new(p.cpu_seconds);
+    let m = enc.encode_descriptor("callvault_process_cpu_seconds", "CPU time used", None, cpu.metric_type())?;
+    cpu.encode(m)?;
+    gauge(enc, "callvault_sip_tcp_connections", "Open SIP TCP connections", p.tcp_open as i64)?;
+    labelled_counter(
+        enc,
+        "callvault_sip_tcp_refused",
+        "SIP TCP connections refused at a cap (total or per source)",
+        "cap",
+        [("total".to_owned(), p.tcp_refused_total_cap), ("per_source".to_owned(), p.tcp_refused_source_cap)]
+            .into_iter(),
+    )?;
+    counter(enc, "callvault_sip_tcp_closed_idle", "SIP TCP connections closed for idleness", p.tcp_closed_idle)?;
+    counter(
+        enc,
+        "callvault_descriptor_exhaustion",
+        "Times a connection could not be accepted for lack of file descriptors",
+        p.accept_no_descriptors,
+    )?;
+    Ok(())
+}
+
 impl Collector for StatusCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.0;
+        encode_process(&mut enc, &self.2, self.0.is_some())?;
+        if let Some(c) = &self.1 {
+            encode_cluster(&mut enc, c)?;
+        }
+        let Some(s) = &self.0 else { return Ok(()) };
         let m = &s.media;
         gauge(&mut enc, "callvault_active_recordings", "Calls being recorded now", s.active_recordings as i64)?;
         gauge(&mut enc, "callvault_active_call_legs", "SIP dialogs of calls being recorded", s.active_legs as i64)?;
@@ -163,9 +246,6 @@ impl Collector for StatusCollector {
         counter(&mut enc, "callvault_rtcp_packets", "RTCP packets read", m.rtcp_packets)?;
         counter(&mut enc, "callvault_dtmf_events", "DTMF key presses recorded", m.dtmf_events)?;
         gauge(&mut enc, "callvault_media_streams", "RTP streams being received", m.active_streams as i64)?;
-        if let Some(c) = &self.1 {
-            encode_cluster(&mut enc, c)?;
-        }
         gauge(
             &mut enc,
             "callvault_audio_write_backlog_bytes",
@@ -260,9 +340,9 @@ fn encode_cluster(enc: &mut DescriptorEncoder, c: &ClusterFigures) -> Result<(),
 }
 
 /// The Prometheus text exposition of `status` (and the cluster's figures).
-pub fn render(status: NodeStatus, cluster: Option<ClusterFigures>) -> String {
+pub fn render(status: Option<NodeStatus>, cluster: Option<ClusterFigures>, process: ProcessFigures) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(StatusCollector(status, cluster)));
+    registry.register_collector(Box::new(StatusCollector(status, cluster, process)));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
     out

@@ -128,6 +128,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             tracing::error!("file size limit reached (SIGXFSZ); the write fails and the recording is marked failed");
         }
     });
+    let open_files = raise_open_files_limit();
     let dir = DataDir::open(&cfg.data_dir).with_context(|| format!("data directory {}", cfg.data_dir.display()))?;
     let _lock =
         dir.try_lock()?.with_context(|| format!("another callvault is already serving {}", cfg.data_dir.display()))?;
@@ -192,7 +193,24 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     };
     let udp_addr = udp.as_ref().map(|s| s.local_addr()).transpose()?;
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
-    let transports = Transports::new(udp.clone(), inbox_tx, cfg.sip.max_message_bytes);
+    let tcp_limits = transport::TcpLimits {
+        max_total: if cfg.sip.max_tcp_connections > 0 {
+            cfg.sip.max_tcp_connections
+        } else {
+            // Half of what a reserve of 256 descriptors leaves (calls, files, HTTP, peers need the rest).
+            (open_files.saturating_sub(256) as usize / 2).clamp(16, 10_000)
+        },
+        max_per_source: cfg.sip.max_tcp_connections_per_source.max(1),
+        idle: Duration::from_secs(cfg.sip.tcp_idle_timeout_secs.max(1)),
+    };
+    tracing::info!(
+        max_total = tcp_limits.max_total,
+        max_per_source = tcp_limits.max_per_source,
+        idle_secs = tcp_limits.idle.as_secs(),
+        "SIP TCP connection limits"
+    );
+    let transports = Transports::new(udp.clone(), inbox_tx, cfg.sip.max_message_bytes, tcp_limits);
+    let tcp_stats = transports.stats.clone();
     if let Some(sock) = udp.clone() {
         tokio::spawn(transports.clone().run_udp(sock));
     }
@@ -283,6 +301,8 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             node_id: node.0.clone(),
             cluster: cluster.as_ref().map(|s| s.cluster.clone()),
             workers: runner.registry().clone(),
+            tcp: tcp_stats.clone(),
+            open_files,
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -331,6 +351,27 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dir.root().join("listen.json"));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one (each recorded stream
+/// holds two sockets) and logs the figure; returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let (soft, hard) = (lim.current.unwrap_or(u64::MAX), lim.maximum);
+    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
+    if soft < target {
+        let raised = rustix::process::Rlimit { current: Some(target), maximum: hard };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = soft, to = target, "raised the open-files limit to the hard limit");
+                return target;
+            }
+            Err(e) => tracing::warn!(soft, error = %e, "could not raise the open-files limit"),
+        }
+    }
+    tracing::info!(open_files = soft, "open-files limit");
+    soft
 }
 
 /// The SIP UDP socket, with a receive buffer sized for INVITE bursts.

@@ -23,24 +23,82 @@ pub struct Inbound {
     pub oversized: bool,
 }
 
+/// Limits on SIP TCP connections (descriptors are finite: calls, storage
+/// and HTTP must keep working when a flood of idle connections arrives).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub max_total: usize,
+    pub max_per_source: usize,
+    pub idle: std::time::Duration,
+}
+
+/// Connection counts and refusals, for metrics.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub open: AtomicU64,
+    pub refused_total_cap: AtomicU64,
+    pub refused_source_cap: AtomicU64,
+    pub closed_idle: AtomicU64,
+    /// accept() failed for lack of descriptors (EMFILE/ENFILE).
+    pub accept_no_descriptors: AtomicU64,
+}
+
 /// Outgoing side of every transport.
 #[derive(Debug, Clone)]
 pub struct Transports {
     udp: Option<Arc<UdpSocket>>,
     conns: Arc<Mutex<HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>>>>,
+    per_source: Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
     next_conn: Arc<AtomicU64>,
     inbox: mpsc::Sender<Inbound>,
     max_message: usize,
+    limits: TcpLimits,
+    pub stats: Arc<TcpStats>,
 }
 
 impl Transports {
-    pub fn new(udp: Option<Arc<UdpSocket>>, inbox: mpsc::Sender<Inbound>, max_message: usize) -> Transports {
+    pub fn new(
+        udp: Option<Arc<UdpSocket>>,
+        inbox: mpsc::Sender<Inbound>,
+        max_message: usize,
+        limits: TcpLimits,
+    ) -> Transports {
         Transports {
             udp,
             conns: Arc::new(Mutex::new(HashMap::new())),
+            per_source: Arc::new(Mutex::new(HashMap::new())),
             next_conn: Arc::new(AtomicU64::new(1)),
             inbox,
             max_message,
+            limits,
+            stats: Arc::new(TcpStats::default()),
+        }
+    }
+
+    /// Takes a place for a new connection from `ip`, or says which cap refuses it.
+    fn admit(&self, ip: std::net::IpAddr) -> Result<(), &'static str> {
+        let mut per = self.per_source.lock().expect("per-source lock");
+        let open = self.conns.lock().expect("conns lock").len();
+        if open >= self.limits.max_total {
+            self.stats.refused_total_cap.fetch_add(1, Ordering::Relaxed);
+            return Err("total");
+        }
+        let n = per.entry(ip).or_default();
+        if *n >= self.limits.max_per_source {
+            self.stats.refused_source_cap.fetch_add(1, Ordering::Relaxed);
+            return Err("per-source");
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn release(&self, ip: std::net::IpAddr) {
+        let mut per = self.per_source.lock().expect("per-source lock");
+        if let Some(n) = per.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&ip);
+            }
         }
     }
 
@@ -103,24 +161,56 @@ impl Transports {
         }
     }
 
-    /// Accepts TCP connections forever.
+    /// Accepts TCP connections forever, within the caps: over a cap the
+    /// connection is closed at once (the source's other connections and UDP
+    /// keep working).
     pub async fn run_tcp(self, listener: TcpListener) {
+        let mut last_warning = std::time::Instant::now() - std::time::Duration::from_secs(60);
         loop {
             match listener.accept().await {
-                Ok((stream, _)) => {
+                Ok((stream, from)) => {
+                    if let Err(cap) = self.admit(from.ip()) {
+                        if last_warning.elapsed() >= std::time::Duration::from_secs(10) {
+                            tracing::warn!(peer = %from, cap, "SIP TCP connection refused: connection cap reached");
+                            last_warning = std::time::Instant::now();
+                        }
+                        drop(stream);
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
-                    self.adopt(stream);
+                    self.adopt_counted(stream, from.ip());
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "SIP TCP accept");
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                        self.stats.accept_no_descriptors.fetch_add(1, Ordering::Relaxed);
+                        if last_warning.elapsed() >= std::time::Duration::from_secs(10) {
+                            tracing::error!("SIP TCP accept: out of file descriptors (open-files limit reached)");
+                            last_warning = std::time::Instant::now();
+                        }
+                    } else {
+                        tracing::warn!(error = %e, "SIP TCP accept");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             }
         }
     }
 
-    /// Registers a connection and starts its reader and writer.
+    /// An accepted connection that holds a place under the caps.
+    fn adopt_counted(&self, stream: TcpStream, ip: std::net::IpAddr) -> ConnId {
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.adopt_with(stream, Some(ip))
+    }
+
+    /// Registers a connection we opened and starts its reader and writer.
     fn adopt(&self, stream: TcpStream) -> ConnId {
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.adopt_with(stream, None)
+    }
+
+    /// Registers a connection and starts its reader and writer; `counted`
+    /// is the source whose per-source place it holds.
+    fn adopt_with(&self, stream: TcpStream, counted: Option<std::net::IpAddr>) -> ConnId {
         let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let peer_addr = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let peer = Peer { transport: Transport::Tcp, addr: peer_addr, conn: Some(id) };
@@ -138,10 +228,17 @@ impl Transports {
         tokio::spawn(async move {
             let mut buf: Vec<u8> = Vec::with_capacity(8192);
             let mut chunk = vec![0u8; 16 * 1024];
+            let idle = this.limits.idle;
             'conn: loop {
-                match reader.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                match tokio::time::timeout(idle, reader.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {
+                        // Idle for too long (keepalives would have been read): close.
+                        this.stats.closed_idle.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(peer = %peer_addr, "closing an idle SIP TCP connection");
+                        break;
+                    }
                 }
                 loop {
                     match frame(&buf, this.max_message) {
@@ -174,6 +271,10 @@ impl Transports {
                 }
             }
             this.conns.lock().expect("conns lock").remove(&id);
+            this.stats.open.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ip) = counted {
+                this.release(ip);
+            }
         });
         id
     }

@@ -146,6 +146,8 @@ fn assert_metric_labels_bounded(node: &Node) {
             let ok = match k {
                 "code" => v.len() == 3 && v.bytes().all(|b| b.is_ascii_digit()),
                 "state" => states.contains(&v),
+                "cap" => ["total", "per_source"].contains(&v),
+                "version" => v == env!("CARGO_PKG_VERSION"),
                 _ => false,
             };
             assert!(ok, "unexpected metric label {k}={v:?} in {line}");

@@ -111,3 +111,56 @@ fn config_check_prints_every_value_with_its_source_and_rejects_a_bad_file() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn metric_value(node: &Node, name: &str) -> f64 {
+    node.metric(name)
+}
+
+#[test]
+fn idle_tcp_floods_hit_the_caps_and_health_metrics_and_udp_calls_keep_working() {
+    // 256 descriptors: the total cap derives to 16 connections.
+    let node = Node::start_wrapped(
+        "fd-limit",
+        &[("CALLVAULT_SIP__TCP_IDLE_TIMEOUT_SECS", "2")],
+        &["prlimit", "--nofile=256:256", "--"],
+    );
+    assert!(node.log().contains("SIP TCP connection limits"), "{}", node.log());
+    let mut conns = Vec::new();
+    for _ in 0..40 {
+        if let Ok(c) = std::net::TcpStream::connect(node.sip_tcp) {
+            conns.push(c);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(node.get("/health/live").0, 200);
+    assert_eq!(node.get("/health/ready").0, 200);
+    assert!(metric_value(&node, "callvault_sip_tcp_connections") <= 16.0);
+    assert!(metric_value(&node, "callvault_sip_tcp_refused_total{cap=\"total\"}") >= 24.0);
+    assert_eq!(metric_value(&node, "callvault_core_up"), 1.0);
+    assert!(metric_value(&node, "callvault_process_max_fds") >= 256.0);
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["established"], 1, "a UDP call still records: {s:#}");
+    wait_log(&node, "connection cap reached");
+    // Idle connections are closed after 2 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric_value(&node, "callvault_sip_tcp_connections") > 0.0 {
+        assert!(Instant::now() < deadline, "idle connections were not closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(metric_value(&node, "callvault_sip_tcp_closed_idle_total") >= 16.0);
+    drop(conns);
+}
+
+#[test]
+fn one_source_cannot_take_every_tcp_connection() {
+    let node = Node::start_with("per-source", &[("CALLVAULT_SIP__MAX_TCP_CONNECTIONS_PER_SOURCE", "5")]);
+    let conns: Vec<_> = (0..10).filter_map(|_| std::net::TcpStream::connect(node.sip_tcp).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(metric_value(&node, "callvault_sip_tcp_connections"), 5.0);
+    assert_eq!(metric_value(&node, "callvault_sip_tcp_refused_total{cap=\"per_source\"}"), 5.0);
+    // A TCP call from the same source still gets through once a place is free.
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = call(node.sip_tcp, &["--transport", "tcp", "--duration", "1"]);
+    assert_eq!(s["established"], 1, "{s:#}");
+}
