@@ -136,6 +136,9 @@ pub struct MediaConfig {
     pub threads: usize,
     /// Seconds without RTP (on streams not on hold) before a call is completed.
     pub media_timeout_secs: u64,
+    /// Seconds after its start a stream without any RTP raises an alarm
+    /// (metadata, metric, health details); the call goes on recording.
+    pub no_rtp_alarm_secs: u64,
     /// Milliseconds audio is held for reordering before it is written.
     pub playout_delay_ms: u64,
     /// Milliseconds between fdatasync of recording files (0 = never; a
@@ -222,6 +225,7 @@ impl Default for MediaConfig {
             port_max: 29_999,
             threads: 1,
             media_timeout_secs: 30,
+            no_rtp_alarm_secs: 10,
             playout_delay_ms: 200,
             sync_interval_ms: 1000,
             recv_buffer_bytes: 256 * 1024,

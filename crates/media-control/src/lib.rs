@@ -95,6 +95,9 @@ pub enum MediaNotice {
     Inactive { recording: RecordingId },
     /// The audio file could not be written.
     StorageFailed { recording: RecordingId, reason: String },
+    /// A stream (not on hold) received no RTP at all within the alarm
+    /// time after it started; sent once per stream.
+    NoRtp { recording: RecordingId, stream: StreamId },
 }
 
 /// An RTP port and its RTCP companion (RTP + 1, RFC 3550 §11).
@@ -104,11 +107,34 @@ pub struct MediaPort {
     pub rtcp: u16,
 }
 
+/// Why no port pair could be allocated: the answer to the caller names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPort {
+    /// Every pair of the range is in use (or held by other programs).
+    RangeExhausted,
+    /// The process is out of file descriptors (EMFILE/ENFILE).
+    OutOfDescriptors,
+}
+
+impl NoPort {
+    /// The reason phrase of the 503 that refuses the call.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoPort::RangeExhausted => "No media ports available",
+            NoPort::OutOfDescriptors => "Out of file descriptors",
+        }
+    }
+}
+
 pub trait PortAllocator: Send {
-    /// A free port pair, already bound; `None` when the range is exhausted.
-    fn allocate(&mut self) -> Option<MediaPort>;
+    /// A free port pair, already bound.
+    fn allocate(&mut self) -> Result<MediaPort, NoPort>;
     /// Returns a pair; its sockets close when the media engine drops them.
     fn release(&mut self, port: MediaPort);
+    /// Pairs handed out and not yet released.
+    fn in_use(&self) -> usize;
+    /// Pairs in the range.
+    fn capacity(&self) -> usize;
 }
 
 /// An allocator over a port range that only keeps book (no sockets), for
@@ -116,20 +142,29 @@ pub trait PortAllocator: Send {
 #[derive(Debug, Clone)]
 pub struct BookkeepingAllocator {
     free: Vec<u16>,
+    pairs: usize,
 }
 
 impl BookkeepingAllocator {
     pub fn new(first: u16, pairs: u16) -> BookkeepingAllocator {
-        BookkeepingAllocator { free: (0..pairs).rev().map(|i| first + 2 * i).collect() }
+        BookkeepingAllocator { free: (0..pairs).rev().map(|i| first + 2 * i).collect(), pairs: pairs as usize }
     }
 }
 
 impl PortAllocator for BookkeepingAllocator {
-    fn allocate(&mut self) -> Option<MediaPort> {
-        self.free.pop().map(|rtp| MediaPort { rtp, rtcp: rtp + 1 })
+    fn allocate(&mut self) -> Result<MediaPort, NoPort> {
+        self.free.pop().map(|rtp| MediaPort { rtp, rtcp: rtp + 1 }).ok_or(NoPort::RangeExhausted)
     }
 
     fn release(&mut self, port: MediaPort) {
         self.free.push(port.rtp);
+    }
+
+    fn in_use(&self) -> usize {
+        self.pairs - self.free.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.pairs
     }
 }

@@ -54,6 +54,8 @@ pub struct EngineConfig {
     pub window: Duration,
     /// No packet on any stream not on hold for this long ends the call.
     pub media_timeout: Duration,
+    /// A stream with no RTP this long after it started is reported.
+    pub no_rtp_alarm: Duration,
     /// fdatasync cadence for written files (bounds loss on power failure).
     pub sync_interval: Duration,
     pub receiver: ReceiverConfig,
@@ -72,6 +74,7 @@ impl EngineConfig {
             commit_interval: Duration::from_millis(200),
             window: Duration::from_millis(1500),
             media_timeout: Duration::from_secs(30),
+            no_rtp_alarm: Duration::from_secs(10),
             sync_interval: Duration::from_secs(1),
             receiver: ReceiverConfig::default(),
             spare_buffers: 256,
@@ -84,6 +87,7 @@ impl EngineConfig {
             commit_interval: self.commit_interval,
             window: self.window,
             media_timeout: self.media_timeout,
+            no_rtp_alarm: self.no_rtp_alarm,
             receiver: self.receiver,
             spare_buffers: self.spare_buffers,
         }

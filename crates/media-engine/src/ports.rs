@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
-use media_control::{MediaPort, PortAllocator};
+use media_control::{MediaPort, NoPort, PortAllocator};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Bound sockets waiting for the engine, by RTP port.
@@ -46,14 +46,6 @@ impl UdpPortPool {
         self.pending.clone()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.pairs as usize
-    }
-
-    pub fn in_use(&self) -> usize {
-        self.in_use.iter().filter(|u| **u).count()
-    }
-
     fn bind(&self, port: u16) -> std::io::Result<UdpSocket> {
         let addr = SocketAddr::new(self.bind_ip, port);
         let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -67,7 +59,9 @@ impl UdpPortPool {
 }
 
 impl PortAllocator for UdpPortPool {
-    fn allocate(&mut self) -> Option<MediaPort> {
+    fn allocate(&mut self) -> Result<MediaPort, NoPort> {
+        let out_of_descriptors =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
         for _ in 0..self.pairs {
             let slot = self.cursor;
             self.cursor = (self.cursor + 1) % self.pairs;
@@ -75,14 +69,31 @@ impl PortAllocator for UdpPortPool {
                 continue;
             }
             let rtp = self.first + 2 * slot;
-            // A port held by another program is skipped, not fatal.
-            let Ok(rtp_sock) = self.bind(rtp) else { continue };
-            let Ok(rtcp_sock) = self.bind(rtp + 1) else { continue };
+            // A port held by another program is skipped, not fatal; a lack
+            // of descriptors ends the search (every other port fails too).
+            let rtp_sock = match self.bind(rtp) {
+                Ok(s) => s,
+                Err(e) if out_of_descriptors(&e) => return Err(NoPort::OutOfDescriptors),
+                Err(_) => continue,
+            };
+            let rtcp_sock = match self.bind(rtp + 1) {
+                Ok(s) => s,
+                Err(e) if out_of_descriptors(&e) => return Err(NoPort::OutOfDescriptors),
+                Err(_) => continue,
+            };
             self.in_use[slot as usize] = true;
             self.pending.lock().expect("pending lock").insert(rtp, (rtp_sock, rtcp_sock));
-            return Some(MediaPort { rtp, rtcp: rtp + 1 });
+            return Ok(MediaPort { rtp, rtcp: rtp + 1 });
         }
-        None
+        Err(NoPort::RangeExhausted)
+    }
+
+    fn in_use(&self) -> usize {
+        self.in_use.iter().filter(|u| **u).count()
+    }
+
+    fn capacity(&self) -> usize {
+        self.pairs as usize
     }
 
     fn release(&mut self, port: MediaPort) {

@@ -37,6 +37,9 @@ pub struct ShardConfig {
     pub commit_interval: Duration,
     pub window: Duration,
     pub media_timeout: Duration,
+    /// A stream without any RTP this long after it started is reported
+    /// ([`MediaNotice::NoRtp`]).
+    pub no_rtp_alarm: Duration,
     pub receiver: ReceiverConfig,
     /// Spare commit buffers kept for reuse (beyond this they are freed).
     pub spare_buffers: usize,
@@ -101,6 +104,7 @@ struct StreamState {
     held: bool,
     /// Reference for inactivity: last packet, or when the stream (re)started.
     active_since: Instant,
+    no_rtp_reported: bool,
 }
 
 /// How a stream's packets become audio on its channel.
@@ -110,6 +114,8 @@ struct Decode {
     telephone_event: Option<u8>,
     mapper: PositionMapper,
     dtmf: DtmfDetector,
+    /// Highest absolute sample decoded so far.
+    peak: u16,
 }
 
 struct Rec {
@@ -369,9 +375,11 @@ impl Shard {
                 telephone_event: spec.telephone_event,
                 mapper: PositionMapper::new(rate, clock, slack),
                 dtmf: DtmfDetector::default(),
+                peak: 0,
             },
             held: spec.held,
             active_since: now,
+            no_rtp_reported: false,
         };
         let idx = self.streams.insert(stream);
         self.by_stream_id.insert(spec.id, idx);
@@ -414,6 +422,7 @@ impl Shard {
             let mut stats = s.receiver.stats.clone();
             stats.reanchors = s.decode.mapper.reanchors;
             stats.timeline_shifts = s.decode.mapper.drift_shifts;
+            stats.peak = s.decode.peak;
             rec.finished.push((s.local_port, stats));
         }
         self.local.finished_lost += s.receiver.stats.lost;
@@ -440,6 +449,8 @@ impl Shard {
         }
         rec.dtmf.sort_by_key(|d| d.at_ms);
         meta.dtmf.append(&mut rec.dtmf);
+        let finals: Vec<StreamStats> = meta.streams.iter().map(|s| s.stats.clone()).collect();
+        meta.media_alarm = model::MediaAlarm::judge(&finals);
         meta.duration_ms = rec.timeline.committed() * 1000 / rec.rate as u64;
         self.out.push_back(ShardOutput::Close { id, meta });
     }
@@ -505,6 +516,13 @@ impl Shard {
                 }
                 if !s.held {
                     any_active = true;
+                    if !s.no_rtp_reported
+                        && s.receiver.stats.packets == 0
+                        && now.saturating_duration_since(s.active_since) >= self.cfg.no_rtp_alarm
+                    {
+                        s.no_rtp_reported = true;
+                        self.out.push_back(ShardOutput::Notice(MediaNotice::NoRtp { recording: rec.id, stream: s.id }));
+                    }
                     let last = s.receiver.last_packet().map_or(s.active_since, |p| p.max(s.active_since));
                     latest = Some(latest.map_or(last, |l: Instant| l.max(last)));
                 }
@@ -562,6 +580,7 @@ fn place(p: &Slot, rec: &mut Rec, s: &mut Decode, scratch: &mut [i16], local: &m
     let arrival = rec.frame_at(p.arrival);
     let pos = s.mapper.position(p.ts, arrival);
     let n = codec.decode(&p.payload, scratch);
+    s.peak = scratch[..n].iter().fold(s.peak, |m, v| m.max(v.unsigned_abs()));
     let placed = rec.timeline.write(s.channel as usize, pos, &scratch[..n]);
     local.late_samples += placed.late as u64;
     rec.max_frame = rec.max_frame.max(pos + n as u64);
@@ -601,6 +620,7 @@ mod tests {
             commit_interval: Duration::from_millis(200),
             window: Duration::from_millis(1500),
             media_timeout: Duration::from_secs(30),
+            no_rtp_alarm: Duration::from_secs(10),
             receiver: ReceiverConfig::default(),
             spare_buffers: spare,
         }
@@ -729,5 +749,64 @@ mod tests {
         }
         while shard.poll_output().is_some() {}
         assert_eq!(shard.sizes(), ShardSizes::default());
+    }
+
+    /// A stream that never receives RTP is reported once, after the alarm
+    /// time and not before, and the closed recording carries the alarm.
+    #[test]
+    fn a_stream_without_rtp_is_reported_once_on_virtual_time() {
+        let t0 = Instant::now();
+        let mut shard = Shard::new(config(4));
+        let id = RecordingId::new(OffsetDateTime::now_utc());
+        let start = MediaCommand::Start {
+            recording: id,
+            sample_rate: 8000,
+            channels: 2,
+            started_at: OffsetDateTime::now_utc(),
+        };
+        shard.command(t0, start);
+        let a = shard.add_stream(t0, spec(1, id, 30000, 0)).unwrap();
+        shard.add_stream(t0, spec(2, id, 30002, 1)).unwrap();
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut reports = Vec::new();
+        for i in 0..1000u32 {
+            let now = t0 + Duration::from_millis(20 * i as u64);
+            // PCMU 0x00 is a loud sample: speech, not silence.
+            let mut p = rtp(i as u16, i * 160, 1);
+            p[12..].fill(0x00);
+            shard.on_rtp(now, a, from, &p);
+            shard.tick(now);
+            while let Some(o) = shard.poll_output() {
+                match o {
+                    ShardOutput::Notice(MediaNotice::NoRtp { stream, .. }) => reports.push((i, stream)),
+                    ShardOutput::Append { data, .. } => shard.recycle(data),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(reports, vec![(500, StreamId(2))], "once, at 10 s, for stream B only");
+        shard.command(
+            t0 + Duration::from_secs(20),
+            MediaCommand::Stop { recording: id, meta: meta(id, &[30000, 30002]) },
+        );
+        let closed = std::iter::from_fn(|| shard.poll_output())
+            .find_map(|o| match o {
+                ShardOutput::Close { meta, .. } => Some(meta),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(closed.media_alarm, Some(model::MediaAlarm::StreamWithoutRtp));
+        assert!(closed.streams[0].stats.peak > model::SILENCE_PEAK);
+    }
+
+    #[test]
+    fn the_alarm_a_recording_gets_follows_its_streams() {
+        use model::MediaAlarm;
+        let st = |packets, peak| StreamStats { packets, peak, ..Default::default() };
+        assert_eq!(MediaAlarm::judge(&[st(0, 0), st(0, 0)]), Some(MediaAlarm::NoRtp));
+        assert_eq!(MediaAlarm::judge(&[st(50, 9000), st(0, 0)]), Some(MediaAlarm::StreamWithoutRtp));
+        assert_eq!(MediaAlarm::judge(&[st(50, 3), st(50, 64)]), Some(MediaAlarm::AllSilent));
+        assert_eq!(MediaAlarm::judge(&[st(50, 9000), st(50, 3)]), None, "one side quiet is a normal call");
+        assert_eq!(MediaAlarm::judge(&[]), None);
     }
 }

@@ -55,7 +55,7 @@ impl fmt::Display for NodeId {
 }
 
 /// Life cycle: `active` → `completed` | `interrupted` | `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordingState {
     /// Being recorded now.
@@ -223,6 +223,9 @@ pub struct StreamStats {
     /// settled on the least delayed packets (see the media crate's `PositionMapper`).
     #[serde(default)]
     pub timeline_shifts: u32,
+    /// Highest absolute sample value decoded (0..=32768): silence detection.
+    #[serde(default)]
+    pub peak: u16,
 }
 
 impl StreamStats {
@@ -305,7 +308,55 @@ pub struct RecordingMeta {
     pub siprec: Option<rs_metadata::Metadata>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioInfo>,
+    /// Set when media did not arrive as it should: the most common silent
+    /// failure of call recording (firewall, NAT, one-way audio).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_alarm: Option<MediaAlarm>,
 }
+
+/// What was wrong with a recording's media.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaAlarm {
+    /// At least one stream (not every one) received no RTP at all.
+    StreamWithoutRtp,
+    /// No stream received any RTP.
+    NoRtp,
+    /// RTP arrived, but every stream's audio was silence.
+    AllSilent,
+}
+
+impl MediaAlarm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaAlarm::StreamWithoutRtp => "stream_without_rtp",
+            MediaAlarm::NoRtp => "no_rtp",
+            MediaAlarm::AllSilent => "all_silent",
+        }
+    }
+
+    /// The alarm the final figures of a recording's streams call for:
+    /// packet counts and the peak sample level of each stream.
+    pub fn judge(streams: &[StreamStats]) -> Option<MediaAlarm> {
+        if streams.is_empty() {
+            return None;
+        }
+        let without = streams.iter().filter(|s| s.packets == 0).count();
+        if without == streams.len() {
+            Some(MediaAlarm::NoRtp)
+        } else if without > 0 {
+            Some(MediaAlarm::StreamWithoutRtp)
+        } else if streams.iter().all(|s| s.peak <= SILENCE_PEAK) {
+            Some(MediaAlarm::AllSilent)
+        } else {
+            None
+        }
+    }
+}
+
+/// Peak sample level at or below which a stream counts as silent (about
+/// -54 dBFS: line noise, no speech).
+pub const SILENCE_PEAK: u16 = 64;
 
 impl RecordingMeta {
     /// A new, active recording with nothing known yet but where it came
@@ -339,6 +390,7 @@ impl RecordingMeta {
             dtmf: Vec::new(),
             siprec: None,
             audio: None,
+            media_alarm: None,
         };
         meta.transition(RecordingState::Active, started_at, reason);
         meta
@@ -465,6 +517,7 @@ mod tests {
             dtmf: vec![],
             siprec: None,
             audio: None,
+            media_alarm: None,
         };
         m.transition(RecordingState::Active, t, "INVITE accepted");
         m.transition(RecordingState::Completed, t + time::Duration::seconds(5), "BYE");

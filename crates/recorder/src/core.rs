@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use media::Codec;
 use media_control::{MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec};
-use model::{RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
+use model::{MediaAlarm, RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
     Endpoint, EndpointSizes, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response, SipError,
@@ -34,6 +34,7 @@ use time::OffsetDateTime;
 use crate::config::RecorderConfig;
 use crate::output::{Output, RecordingEvent};
 use crate::participants::{self, CallParties};
+use crate::reasons::{refusal_label, EndCause};
 
 /// The two clocks every input carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,14 +54,32 @@ const OFFER_TE_PT: u8 = 101;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub invites_accepted: u64,
-    /// Initial INVITEs refused, by status code.
-    pub invites_rejected: BTreeMap<u16, u64>,
-    /// Recordings ended, by final state.
-    pub recordings_ended: BTreeMap<&'static str, u64>,
+    /// Initial INVITEs refused, by status code and reason label.
+    pub invites_rejected: BTreeMap<(u16, &'static str), u64>,
+    /// Recordings ended, by final state and cause.
+    pub recordings_ended: BTreeMap<(RecordingState, EndCause), u64>,
     pub malformed_messages: u64,
     pub byes_sent: u64,
+    /// Streams that received no RTP within the alarm time.
+    pub streams_without_rtp: u64,
     /// INVITEs the source cancelled before we answered.
     pub invites_cancelled: u64,
+}
+
+impl Counters {
+    fn count_refusal(&mut self, err: &SipError) {
+        *self.invites_rejected.entry((err.status.as_u16(), refusal_label(err))).or_default() += 1;
+    }
+
+    /// Initial INVITEs refused with `code`, whatever the reason.
+    pub fn rejected_with(&self, code: u16) -> u64 {
+        self.invites_rejected.iter().filter(|((c, _), _)| *c == code).map(|(_, n)| n).sum()
+    }
+
+    /// Recordings ended in `state`, whatever the cause.
+    pub fn ended_in(&self, state: RecordingState) -> u64 {
+        self.recordings_ended.iter().filter(|((s, _), _)| *s == state).map(|(_, n)| n).sum()
+    }
 }
 
 /// How many entries each per-call structure of a [`Recorder`] holds (its
@@ -157,6 +176,8 @@ struct Rec {
     save_seq: u64,
     /// A leg was answered (the timeline started).
     answered: bool,
+    /// Streams the media engine reported without any RTP.
+    streams_without_rtp: usize,
 }
 
 /// The recording server's SIP transaction user. See the module docs.
@@ -257,6 +278,16 @@ impl Recorder {
         self.legs.values().filter(|l| l.pending_answer.is_some()).count()
     }
 
+    /// Calls in progress whose media raised an alarm (a stream without RTP).
+    pub fn recordings_with_media_alarm(&self) -> usize {
+        self.recordings.values().filter(|r| r.meta.media_alarm.is_some()).count()
+    }
+
+    /// RTP port pairs in use and in the range.
+    pub fn port_usage(&self) -> (usize, usize) {
+        (self.ports.in_use(), self.ports.capacity())
+    }
+
     pub fn active_recordings(&self) -> usize {
         self.recordings.len()
     }
@@ -329,7 +360,7 @@ impl Recorder {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            self.end_leg(now, &key, true, RecordingState::Completed, "session timer expired");
+            self.end_leg(now, &key, true, RecordingState::Completed, EndCause::SessionTimer, "session timer expired");
         }
         let unsaved: Vec<LegKey> = self
             .legs
@@ -339,7 +370,7 @@ impl Recorder {
             .collect();
         for key in unsaved {
             let reason = format!("recording metadata not stored within {} ms", self.cfg.save_timeout.as_millis());
-            self.end_leg(now, &key, false, RecordingState::Failed, &reason);
+            self.end_leg(now, &key, false, RecordingState::Failed, EndCause::MetadataNotStored, &reason);
         }
         self.pump(now);
     }
@@ -372,7 +403,7 @@ impl Recorder {
                 }
                 Err(e) => {
                     let reason = format!("recording metadata could not be stored: {e}");
-                    self.end_leg(now, &key, false, RecordingState::Failed, &reason);
+                    self.end_leg(now, &key, false, RecordingState::Failed, EndCause::MetadataNotStored, &reason);
                 }
             }
         }
@@ -381,12 +412,32 @@ impl Recorder {
 
     pub fn handle_media(&mut self, now: Now, notice: MediaNotice) {
         match notice {
-            MediaNotice::Inactive { recording } => {
-                self.terminate_recording(now, recording, RecordingState::Completed, "media timeout")
+            MediaNotice::Inactive { recording } => self.terminate_recording(
+                now,
+                recording,
+                RecordingState::Completed,
+                EndCause::MediaTimeout,
+                "media timeout",
+            ),
+            MediaNotice::NoRtp { recording, .. } => {
+                if let Some(rec) = self.recordings.get_mut(&recording) {
+                    rec.streams_without_rtp += 1;
+                    self.counters.streams_without_rtp += 1;
+                    let alarm = if rec.streams_without_rtp >= rec.meta.streams.len() {
+                        MediaAlarm::NoRtp
+                    } else {
+                        MediaAlarm::StreamWithoutRtp
+                    };
+                    rec.meta.media_alarm = Some(alarm);
+                }
             }
-            MediaNotice::StorageFailed { recording, reason } => {
-                self.terminate_recording(now, recording, RecordingState::Failed, &format!("storage failure: {reason}"))
-            }
+            MediaNotice::StorageFailed { recording, reason } => self.terminate_recording(
+                now,
+                recording,
+                RecordingState::Failed,
+                EndCause::StorageFailure,
+                &format!("storage failure: {reason}"),
+            ),
         }
         self.pump(now);
     }
@@ -396,7 +447,13 @@ impl Recorder {
         if !self.recordings.contains_key(&id) {
             return false;
         }
-        self.terminate_recording(now, id, RecordingState::Completed, "completed by administrator");
+        self.terminate_recording(
+            now,
+            id,
+            RecordingState::Completed,
+            EndCause::Administrator,
+            "completed by administrator",
+        );
         self.pump(now);
         true
     }
@@ -405,7 +462,7 @@ impl Recorder {
     pub fn shutdown(&mut self, now: Now) {
         let ids: Vec<RecordingId> = self.recordings.keys().copied().collect();
         for id in ids {
-            self.terminate_recording(now, id, RecordingState::Interrupted, "node shutdown");
+            self.terminate_recording(now, id, RecordingState::Interrupted, EndCause::Shutdown, "node shutdown");
         }
         self.pump(now);
     }
@@ -452,7 +509,7 @@ impl Recorder {
 
     fn reject(&mut self, now: Now, tx: TxId, req: &Request, err: SipError) {
         if req.method == Method::Invite && req.to().is_some_and(|t| t.tag().is_none()) {
-            *self.counters.invites_rejected.entry(err.status.as_u16()).or_default() += 1;
+            self.counters.count_refusal(&err);
         }
         let mut resp = self.response(req, err.status, &err.reason, None);
         if err.status == StatusCode::NOT_ACCEPTABLE_HERE {
@@ -594,7 +651,7 @@ impl Recorder {
             Err(err) => {
                 let mut resp = self.response(&req, err.status, &err.reason, None);
                 resp.headers.push("Min-SE", self.cfg.min_session_expires.to_string());
-                *self.counters.invites_rejected.entry(err.status.as_u16()).or_default() += 1;
+                self.counters.count_refusal(&err);
                 self.endpoint.respond(now.mono, tx, resp);
                 return;
             }
@@ -646,17 +703,12 @@ impl Recorder {
         let mut ports = Vec::with_capacity(stream_count);
         for _ in 0..stream_count {
             match self.ports.allocate() {
-                Some(p) => ports.push(p),
-                None => {
+                Ok(p) => ports.push(p),
+                Err(why) => {
                     for p in ports {
                         self.ports.release(p);
                     }
-                    return self.reject(
-                        now,
-                        tx,
-                        &req,
-                        SipError::new(StatusCode::SERVICE_UNAVAILABLE, "No media ports available"),
-                    );
+                    return self.reject(now, tx, &req, SipError::new(StatusCode::SERVICE_UNAVAILABLE, why.reason()));
                 }
             }
         }
@@ -691,6 +743,7 @@ impl Recorder {
                         labels: Vec::new(),
                         save_seq: 0,
                         answered: false,
+                        streams_without_rtp: 0,
                     },
                 );
                 if let Some(f) = &fork {
@@ -855,7 +908,14 @@ impl Recorder {
         if let Some(leg) = self.legs.get_mut(&key) {
             leg.pending_answer = None;
         }
-        self.end_leg(now, &key, false, RecordingState::Failed, "cancelled by the recording source before answer");
+        self.end_leg(
+            now,
+            &key,
+            false,
+            RecordingState::Failed,
+            EndCause::Cancelled,
+            "cancelled by the recording source before answer",
+        );
     }
 
     fn new_stream_id(&mut self) -> StreamId {
@@ -996,12 +1056,12 @@ impl Recorder {
         let mut fresh = Vec::new();
         for _ in &needed {
             match self.ports.allocate() {
-                Some(p) => fresh.push(p),
-                None => {
+                Ok(p) => fresh.push(p),
+                Err(why) => {
                     for p in fresh {
                         self.ports.release(p);
                     }
-                    return Err(SipError::new(StatusCode::SERVICE_UNAVAILABLE, "No media ports available"));
+                    return Err(SipError::new(StatusCode::SERVICE_UNAVAILABLE, why.reason()));
                 }
             }
         }
@@ -1134,7 +1194,7 @@ impl Recorder {
             .find(|(k, l)| k.0 == call_id && l.invite_tx == Some(tx) && !l.confirmed)
             .map(|(k, _)| k.clone());
         if let Some(key) = key {
-            self.end_leg(now, &key, true, RecordingState::Failed, "no ACK received for 200 OK");
+            self.end_leg(now, &key, true, RecordingState::Failed, EndCause::NoAck, "no ACK received for 200 OK");
         }
     }
 
@@ -1143,7 +1203,7 @@ impl Recorder {
             return self.reject(now, tx, &req, no_dialog());
         };
         self.reply(now, tx, &req, StatusCode::OK, "OK", None);
-        self.end_leg(now, &key, false, RecordingState::Completed, "BYE from recording source");
+        self.end_leg(now, &key, false, RecordingState::Completed, EndCause::Bye, "BYE from recording source");
     }
 
     fn on_info(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials) {
@@ -1186,7 +1246,7 @@ impl Recorder {
         }
         if let (Some(p), Some(tx)) = (&leg.pending_answer, leg.invite_tx) {
             // Never answered: refuse instead, so the source tries another recorder.
-            *self.counters.invites_rejected.entry(503).or_default() += 1;
+            self.counters.count_refusal(&SipError::new(StatusCode::SERVICE_UNAVAILABLE, "Recording Not Stored"));
             let resp = self.response(&p.invite, StatusCode::SERVICE_UNAVAILABLE, "Recording Not Stored", None);
             self.endpoint.respond(now.mono, tx, resp);
         } else if send_bye {
@@ -1200,23 +1260,31 @@ impl Recorder {
 
     /// Ends one leg; when it was the recording's last, the recording stops
     /// with `state` and `reason`.
-    fn end_leg(&mut self, now: Now, key: &LegKey, send_bye: bool, state: RecordingState, reason: &str) {
+    fn end_leg(
+        &mut self,
+        now: Now,
+        key: &LegKey,
+        send_bye: bool,
+        state: RecordingState,
+        cause: EndCause,
+        reason: &str,
+    ) {
         let Some(id) = self.drop_leg(now, key, send_bye) else { return };
         if self.recordings.get(&id).is_some_and(|r| r.legs.is_empty()) {
-            self.stop_recording(now, id, state, reason);
+            self.stop_recording(now, id, state, cause, reason);
         }
     }
 
     /// Ends a whole recording from our side: every leg gets a BYE.
-    fn terminate_recording(&mut self, now: Now, id: RecordingId, state: RecordingState, reason: &str) {
+    fn terminate_recording(&mut self, now: Now, id: RecordingId, state: RecordingState, cause: EndCause, reason: &str) {
         let Some(legs) = self.recordings.get(&id).map(|r| r.legs.clone()) else { return };
         for key in &legs {
             self.drop_leg(now, key, true);
         }
-        self.stop_recording(now, id, state, reason);
+        self.stop_recording(now, id, state, cause, reason);
     }
 
-    fn stop_recording(&mut self, now: Now, id: RecordingId, state: RecordingState, reason: &str) {
+    fn stop_recording(&mut self, now: Now, id: RecordingId, state: RecordingState, cause: EndCause, reason: &str) {
         let Some(mut rec) = self.recordings.remove(&id) else { return };
         if let Some(link) = &rec.fork_link {
             if self.fork_links.get(link) == Some(&id) {
@@ -1225,7 +1293,7 @@ impl Recorder {
         }
         rec.meta.transition(state, now.wall, reason);
         rec.meta.escape_control();
-        *self.counters.recordings_ended.entry(state.as_str()).or_default() += 1;
+        *self.counters.recordings_ended.entry((state, cause)).or_default() += 1;
         self.out.push_back(Output::Media(MediaCommand::Stop { recording: id, meta: Box::new(rec.meta) }));
     }
 

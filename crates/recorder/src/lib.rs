@@ -15,10 +15,11 @@ pub mod config;
 mod core;
 pub mod output;
 pub mod participants;
+pub mod reasons;
 
 pub use crate::core::{Counters, Now, Recorder, RecorderSizes};
 pub use config::RecorderConfig;
 pub use media_control::{
-    BookkeepingAllocator, MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec,
+    BookkeepingAllocator, MediaCommand, MediaNotice, MediaPort, NoPort, PortAllocator, StreamId, StreamSpec,
 };
 pub use output::{Output, RecordingEvent};

@@ -381,7 +381,7 @@ fn admission_errors_carry_the_right_codes() {
 
     let c = h.rec.counters();
     assert_eq!(c.invites_accepted, 0);
-    assert_eq!(c.invites_rejected.get(&503), Some(&2));
+    assert_eq!(c.rejected_with(503), 2);
     assert_eq!(h.rec.responses_sent().get(&100), Some(&8));
 }
 
@@ -698,7 +698,8 @@ fn storage_that_fails_or_stalls_refuses_with_503() {
     assert_eq!(stalled(&out), vec![503]);
     assert_eq!(out.stop().unwrap().reason(), Some("recording metadata not stored within 4000 ms"));
     assert_eq!(h.rec.active_recordings(), 0);
-    assert_eq!(h.rec.counters().invites_rejected.get(&503), Some(&2));
+    assert_eq!(h.rec.counters().rejected_with(503), 2);
+    assert_eq!(h.rec.counters().invites_rejected.get(&(503, "not_stored")), Some(&2));
 }
 
 #[test]

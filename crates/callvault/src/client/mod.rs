@@ -83,6 +83,10 @@ pub struct CallArgs {
     /// Fraction of RTP packets to drop (0.0–1.0), to test loss handling.
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// Send no RTP at all on stream B (a firewall or NAT that eats one
+    /// direction): tests the no-RTP alarm.
+    #[arg(long)]
+    pub no_rtp_b: bool,
     #[arg(long, default_value = "+15550100")]
     pub caller: String,
     #[arg(long, default_value = "+15550199")]
@@ -384,7 +388,7 @@ fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, stream_a: bool) -
         pt,
         telephone_event_pt: 101,
         source,
-        loss: sh.args.loss,
+        loss: if !stream_a && sh.args.no_rtp_b { 1.0 } else { sh.args.loss },
         dtmf: if stream_a { sh.args.dtmf.clone().map(|d| (d, Duration::from_secs_f64(sh.args.dtmf_at))) } else { None },
         delay_step: sh
             .args

@@ -50,6 +50,10 @@ pub struct NodeStatus {
     /// SIP transactions in progress (server + client).
     pub sip_transactions: usize,
     pub unanswered_transactions: u64,
+    pub ports_in_use: usize,
+    pub ports_capacity: usize,
+    /// Calls in progress with a media alarm (a stream without RTP).
+    pub recordings_with_media_alarm: usize,
 }
 
 pub fn now() -> Now {
@@ -107,6 +111,9 @@ impl CoreTask {
                     }
                 }
                 Some(notice) = self.notices.recv() => {
+                    if let MediaNotice::NoRtp { recording, stream } = &notice {
+                        tracing::warn!(recording = %recording, stream = stream.0, "no RTP received on a stream (firewall, NAT or a dead media path?)");
+                    }
                     if let MediaNotice::StorageFailed { reason, .. } = &notice {
                         storage_ok = false;
                         storage_reason = reason.clone();
@@ -151,6 +158,9 @@ impl CoreTask {
                                 e.server + e.client
                             },
                             unanswered_transactions: self.recorder.unanswered_transactions(),
+                            ports_in_use: self.recorder.port_usage().0,
+                            ports_capacity: self.recorder.port_usage().1,
+                            recordings_with_media_alarm: self.recorder.recordings_with_media_alarm(),
                         });
                     }
                     AdminCmd::Active(reply) => {

@@ -32,6 +32,8 @@ pub struct AppState {
     pub tcp: Arc<super::transport::TcpStats>,
     /// The open-files limit in force.
     pub open_files: u64,
+    pub storage_probe: Arc<metrics::StorageProbeStats>,
+    pub media_alarms: Arc<metrics::MediaAlarmCounts>,
 }
 
 /// How long liveness and metrics wait for the recorder core.
@@ -112,8 +114,16 @@ async fn ready(State(s): State<AppState>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
     };
     let db = s.db.ping().await;
+    // Details that do not stop the node from recording but need a look.
+    let mut warnings = Vec::new();
+    if st.recordings_with_media_alarm > 0 {
+        warnings.push(format!(
+            "{} call(s) in progress have a stream without RTP (firewall, NAT or a dead media path?)",
+            st.recordings_with_media_alarm
+        ));
+    }
     match (st.can_record, db) {
-        (Ok(()), Ok(())) => Json(json!({ "ready": true, "node": s.node_id })).into_response(),
+        (Ok(()), Ok(())) => Json(json!({ "ready": true, "node": s.node_id, "warnings": warnings })).into_response(),
         (Err(why), _) => {
             (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "reason": why }))).into_response()
         }
@@ -132,7 +142,7 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         Some(c) => Some(cluster_figures(c).await),
         None => None,
     };
-    let process = metrics::ProcessFigures::read(&s.tcp, s.open_files);
+    let process = metrics::ProcessFigures::read(&s.tcp, &s.storage_probe, &s.media_alarms, s.open_files);
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         metrics::render(core_status(&s).await, cluster, process),
@@ -144,6 +154,11 @@ async fn api_status(State(s): State<AppState>) -> Response {
     let Some(st) = status(&s.admin).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
     };
+    let ended: std::collections::BTreeMap<_, _> =
+        [RecordingState::Completed, RecordingState::Interrupted, RecordingState::Failed]
+            .into_iter()
+            .map(|state| (state.as_str(), st.counters.ended_in(state)))
+            .collect();
     Json(json!({
         "node": s.node_id,
         "version": env!("CARGO_PKG_VERSION"),
@@ -157,7 +172,9 @@ async fn api_status(State(s): State<AppState>) -> Response {
         "invites_accepted": st.counters.invites_accepted,
         "invites_cancelled": st.counters.invites_cancelled,
         "recordings_unarchived": st.unarchived,
-        "recordings_ended": st.counters.recordings_ended,
+        "recordings_ended": ended,
+        "recordings_with_media_alarm": st.recordings_with_media_alarm,
+        "streams_without_rtp": st.counters.streams_without_rtp,
         "rtp_packets": st.media.packets,
         "rtp_lost": st.media.lost,
     }))

@@ -46,10 +46,47 @@ pub struct ProcessFigures {
     pub tcp_refused_source_cap: u64,
     pub tcp_closed_idle: u64,
     pub accept_no_descriptors: u64,
+    pub probe_no_descriptors: u64,
+    /// Free space at the last storage probe (none before the first).
+    pub storage_free_bytes: Option<u64>,
+    pub ended_with_media_alarm: Vec<(model::MediaAlarm, u64)>,
+}
+
+/// Recordings that ended with a media alarm, by alarm.
+#[derive(Debug, Default)]
+pub struct MediaAlarmCounts([std::sync::atomic::AtomicU64; 3]);
+
+impl MediaAlarmCounts {
+    const ALL: [model::MediaAlarm; 3] =
+        [model::MediaAlarm::StreamWithoutRtp, model::MediaAlarm::NoRtp, model::MediaAlarm::AllSilent];
+
+    pub fn count(&self, alarm: model::MediaAlarm) {
+        let i = Self::ALL.iter().position(|a| *a == alarm).expect("every alarm is listed");
+        self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Vec<(model::MediaAlarm, u64)> {
+        Self::ALL.iter().zip(&self.0).map(|(a, n)| (*a, n.load(std::sync::atomic::Ordering::Relaxed))).collect()
+    }
+}
+
+/// What the periodic storage probe saw, for metrics.
+#[derive(Debug, Default)]
+pub struct StorageProbeStats {
+    /// Free bytes + 1 (0: not probed yet).
+    pub free_bytes_plus_one: std::sync::atomic::AtomicU64,
+    /// Probes that could not open a file for lack of descriptors (not a
+    /// storage failure: the storage state is left as it was).
+    pub out_of_descriptors: std::sync::atomic::AtomicU64,
 }
 
 impl ProcessFigures {
-    pub fn read(tcp: &super::transport::TcpStats, max_fds: u64) -> ProcessFigures {
+    pub fn read(
+        tcp: &super::transport::TcpStats,
+        probe: &StorageProbeStats,
+        alarms: &MediaAlarmCounts,
+        max_fds: u64,
+    ) -> ProcessFigures {
         use std::sync::atomic::Ordering::Relaxed;
         let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -75,6 +112,9 @@ impl ProcessFigures {
             tcp_refused_source_cap: tcp.refused_source_cap.load(Relaxed),
             tcp_closed_idle: tcp.closed_idle.load(Relaxed),
             accept_no_descriptors: tcp.accept_no_descriptors.load(Relaxed),
+            probe_no_descriptors: probe.out_of_descriptors.load(Relaxed),
+            storage_free_bytes: probe.free_bytes_plus_one.load(Relaxed).checked_sub(1),
+            ended_with_media_alarm: alarms.snapshot(),
         }
     }
 }
@@ -98,12 +138,10 @@ fn labelled_counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    label: &'static str,
-    values: impl Iterator<Item = (String, u64)>,
+    values: impl Iterator<Item = (Vec<(&'static str, String)>, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-    for (l, v) in values {
-        let labels = vec![(label, l)];
+    for (labels, v) in values {
         let m = family.encode_family(&labels)?;
         ConstCounter::new(v).encode(m)?;
     }
@@ -130,17 +168,33 @@ fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessFigures, core_up: bool
         enc,
         "callvault_sip_tcp_refused",
         "SIP TCP connections refused at a cap (total or per source)",
-        "cap",
-        [("total".to_owned(), p.tcp_refused_total_cap), ("per_source".to_owned(), p.tcp_refused_source_cap)]
-            .into_iter(),
+        [
+            (vec![("cap", "total".to_owned())], p.tcp_refused_total_cap),
+            (vec![("cap", "per_source".to_owned())], p.tcp_refused_source_cap),
+        ]
+        .into_iter(),
     )?;
     counter(enc, "callvault_sip_tcp_closed_idle", "SIP TCP connections closed for idleness", p.tcp_closed_idle)?;
-    counter(
+    labelled_counter(
         enc,
         "callvault_descriptor_exhaustion",
-        "Times a connection could not be accepted for lack of file descriptors",
-        p.accept_no_descriptors,
+        "Times the open-files limit stopped an operation, by where (calls refused for it: \
+         callvault_invites_rejected_total{reason=\"out_of_descriptors\"})",
+        [
+            (vec![("at", "sip_tcp_accept".to_owned())], p.accept_no_descriptors),
+            (vec![("at", "storage_probe".to_owned())], p.probe_no_descriptors),
+        ]
+        .into_iter(),
     )?;
+    labelled_counter(
+        enc,
+        "callvault_recordings_media_alarm",
+        "Recordings that ended with a media alarm: a stream without RTP, no RTP at all, or only silence",
+        p.ended_with_media_alarm.iter().map(|(a, n)| (vec![("alarm", a.as_str().to_owned())], *n)),
+    )?;
+    if let Some(free) = p.storage_free_bytes {
+        gauge(enc, "callvault_storage_free_bytes", "Free space on the data directory's file system", free as i64)?;
+    }
     Ok(())
 }
 
@@ -170,6 +224,25 @@ impl Collector for StatusCollector {
         gauge(&mut enc, "callvault_can_record", "1 while new calls are accepted", s.can_record.is_ok() as i64)?;
         counter(
             &mut enc,
+            "callvault_streams_without_rtp",
+            "Streams that received no RTP within media.no_rtp_alarm_secs of their start",
+            s.counters.streams_without_rtp,
+        )?;
+        gauge(
+            &mut enc,
+            "callvault_active_recordings_with_media_alarm",
+            "Calls in progress with a stream that received no RTP",
+            s.recordings_with_media_alarm as i64,
+        )?;
+        gauge(&mut enc, "callvault_rtp_port_pairs_in_use", "RTP/RTCP port pairs held by calls", s.ports_in_use as i64)?;
+        gauge(
+            &mut enc,
+            "callvault_rtp_port_pairs",
+            "RTP/RTCP port pairs in the configured range",
+            s.ports_capacity as i64,
+        )?;
+        counter(
+            &mut enc,
             "callvault_invites_accepted",
             "Initial INVITEs accepted for recording",
             s.counters.invites_accepted,
@@ -183,23 +256,25 @@ impl Collector for StatusCollector {
         labelled_counter(
             &mut enc,
             "callvault_invites_rejected",
-            "Initial INVITEs refused, by status code",
-            "code",
-            s.counters.invites_rejected.iter().map(|(c, v)| (c.to_string(), *v)),
+            "Initial INVITEs refused, by status code and reason",
+            s.counters
+                .invites_rejected
+                .iter()
+                .map(|((c, r), v)| (vec![("code", c.to_string()), ("reason", r.to_string())], *v)),
         )?;
         labelled_counter(
             &mut enc,
             "callvault_recordings_ended",
-            "Recordings ended, by final state",
-            "state",
-            s.counters.recordings_ended.iter().map(|(k, v)| (k.to_string(), *v)),
+            "Recordings ended, by final state and cause",
+            s.counters.recordings_ended.iter().map(|((st, cause), v)| {
+                (vec![("state", st.as_str().to_string()), ("reason", cause.label().to_string())], *v)
+            }),
         )?;
         labelled_counter(
             &mut enc,
             "callvault_sip_responses",
             "SIP responses sent (first transmissions), by status code",
-            "code",
-            s.responses.iter().map(|(c, v)| (c.to_string(), *v)),
+            s.responses.iter().map(|(c, v)| (vec![("code", c.to_string())], *v)),
         )?;
         counter(
             &mut enc,

@@ -23,6 +23,7 @@ pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,16 +78,33 @@ pub async fn recover(
     Ok(total)
 }
 
-fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<(), String> {
+/// What a storage probe found wrong.
+#[derive(Debug)]
+enum ProbeError {
+    Storage(String),
+    /// The probe file could not be opened for lack of descriptors: says
+    /// nothing about the storage.
+    OutOfDescriptors,
+}
+
+/// Writes and syncs a small file in the spool and checks the free space;
+/// returns the free bytes.
+fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<u64, ProbeError> {
     let probe = dir.spool_dir().join(".probe");
-    store::durable_write(&probe, b"probe").map_err(|e| format!("spool not writable: {e}"))?;
-    let _ = std::fs::remove_file(&probe);
-    let st = rustix::fs::statvfs(dir.root()).map_err(|e| format!("statvfs: {e}"))?;
-    let free_mib = st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024);
-    if free_mib < min_free_mib {
-        return Err(format!("only {free_mib} MiB free (minimum {min_free_mib} MiB)"));
+    if let Err(e) = store::durable_write(&probe, b"probe") {
+        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+            return Err(ProbeError::OutOfDescriptors);
+        }
+        return Err(ProbeError::Storage(format!("spool not writable: {e}")));
     }
-    Ok(())
+    let _ = std::fs::remove_file(&probe);
+    let st = rustix::fs::statvfs(dir.root()).map_err(|e| ProbeError::Storage(format!("statvfs: {e}")))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let free_mib = free / (1024 * 1024);
+    if free_mib < min_free_mib {
+        return Err(ProbeError::Storage(format!("only {free_mib} MiB free (minimum {min_free_mib} MiB)")));
+    }
+    Ok(free)
 }
 
 fn fallback_ip(cfg: &Config) -> IpAddr {
@@ -159,6 +177,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     let mut ecfg = EngineConfig::new(dir.spool_dir());
     ecfg.shards = cfg.media.threads.max(1);
     ecfg.media_timeout = Duration::from_secs(cfg.media.media_timeout_secs.max(1));
+    ecfg.no_rtp_alarm = Duration::from_secs(cfg.media.no_rtp_alarm_secs.max(1));
     ecfg.playout_delay = Duration::from_millis(cfg.media.playout_delay_ms);
     ecfg.sync_interval = if cfg.media.sync_interval_ms == 0 {
         Duration::from_secs(86_400 * 365)
@@ -166,6 +185,8 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         Duration::from_millis(cfg.media.sync_interval_ms)
     };
     let engine_persist = persist_tx.clone();
+    let media_alarms = Arc::new(metrics::MediaAlarmCounts::default());
+    let ended_alarms = media_alarms.clone();
     let engine = MediaEngine::start(
         ecfg,
         pending,
@@ -174,6 +195,10 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
                 let _ = notice_tx.send(n);
             }
             EngineEvent::Closed { meta, error, .. } => {
+                if let Some(alarm) = meta.media_alarm {
+                    ended_alarms.count(alarm);
+                    tracing::warn!(recording = %meta.id, alarm = alarm.as_str(), "recording ended with a media alarm");
+                }
                 let _ = engine_persist.send(PersistJob::Closed { meta, error });
             }
         }),
@@ -266,7 +291,9 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     memory::spawn_trimmer(Duration::from_secs(60));
 
     // Storage health.
+    let storage_probe = Arc::new(metrics::StorageProbeStats::default());
     {
+        let stats = storage_probe.clone();
         let admin = admin_tx.clone();
         let dir = dir.clone();
         let min_free = cfg.storage.min_free_mib;
@@ -276,8 +303,17 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
                 let d = dir.clone();
                 let result = tokio::task::spawn_blocking(move || probe_storage(&d, min_free)).await;
                 let (ok, reason) = match result {
-                    Ok(Ok(())) => (true, String::new()),
-                    Ok(Err(r)) => (false, r),
+                    Ok(Ok(free)) => {
+                        stats.free_bytes_plus_one.store(free.saturating_add(1), Ordering::Relaxed);
+                        (true, String::new())
+                    }
+                    Ok(Err(ProbeError::OutOfDescriptors)) => {
+                        stats.out_of_descriptors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("storage probe: out of file descriptors (open-files limit reached)");
+                        tokio::time::sleep(every).await;
+                        continue;
+                    }
+                    Ok(Err(ProbeError::Storage(r))) => (false, r),
                     Err(e) => (false, e.to_string()),
                 };
                 if admin.send(AdminCmd::SetStorage { ok, reason }).await.is_err() {
@@ -303,6 +339,8 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             workers: runner.registry().clone(),
             tcp: tcp_stats.clone(),
             open_files,
+            storage_probe: storage_probe.clone(),
+            media_alarms: media_alarms.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

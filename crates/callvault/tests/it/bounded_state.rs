@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use media_engine::{Shard, ShardConfig, ShardOutput, ShardSizes};
-use model::{NodeId, RecordingId};
+use model::{NodeId, RecordingId, RecordingState};
 use proptest::prelude::*;
-use recorder::{MediaCommand, MediaNotice, MediaPort, Now, Output, PortAllocator, Recorder, RecorderConfig};
+use recorder::reasons::EndCause;
+use recorder::{MediaCommand, MediaNotice, MediaPort, NoPort, Now, Output, PortAllocator, Recorder, RecorderConfig};
 use rtp_core::ReceiverConfig;
 use sip_proto::{parse, HeaderAccess, Message, Peer, Response, StatusCode};
 use time::OffsetDateTime;
@@ -31,14 +32,20 @@ const SPARE_BUFFERS: usize = 8;
 struct TrackedPorts(Arc<Mutex<HashSet<u16>>>);
 
 impl PortAllocator for TrackedPorts {
-    fn allocate(&mut self) -> Option<MediaPort> {
+    fn allocate(&mut self) -> Result<MediaPort, NoPort> {
         let mut used = self.0.lock().unwrap();
-        let rtp = (30000..40000).step_by(2).find(|p| !used.contains(p))?;
+        let rtp = (30000..40000).step_by(2).find(|p| !used.contains(p)).ok_or(NoPort::RangeExhausted)?;
         used.insert(rtp);
-        Some(MediaPort { rtp, rtcp: rtp + 1 })
+        Ok(MediaPort { rtp, rtcp: rtp + 1 })
     }
     fn release(&mut self, port: MediaPort) {
         assert!(self.0.lock().unwrap().remove(&port.rtp), "port {} released twice", port.rtp);
+    }
+    fn in_use(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn capacity(&self) -> usize {
+        5000
     }
 }
 
@@ -151,6 +158,7 @@ impl Sim {
             commit_interval: Duration::from_millis(200),
             window: Duration::from_millis(1500),
             media_timeout: Duration::from_secs(30),
+            no_rtp_alarm: Duration::from_secs(10),
             receiver: ReceiverConfig::default(),
             spare_buffers: SPARE_BUFFERS,
         });
@@ -532,10 +540,11 @@ fn every_kind_of_ending_leaves_nothing_behind() {
     let c = sim.rec.counters();
     assert_eq!(c.invites_cancelled, 1, "{c:?}");
     for code in [420, 488, 503] {
-        assert!(c.invites_rejected.contains_key(&code), "a {code} was sent: {c:?}");
+        assert!(c.rejected_with(code) > 0, "a {code} was sent: {c:?}");
     }
-    assert_eq!(c.invites_rejected[&503], 2, "failed save and save timeout: {c:?}");
-    assert!(c.recordings_ended["completed"] >= 3 && c.recordings_ended["failed"] >= 4, "{c:?}");
+    assert_eq!(c.rejected_with(503), 2, "failed save and save timeout: {c:?}");
+    assert!(c.ended_in(RecordingState::Completed) >= 3 && c.ended_in(RecordingState::Failed) >= 4, "{c:?}");
+    assert!(c.recordings_ended.contains_key(&(RecordingState::Failed, EndCause::StorageFailure)), "{c:?}");
     assert_eq!(sim.started, 8, "calls that got a recording");
     assert_all_released(&sim);
 }

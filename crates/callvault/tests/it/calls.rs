@@ -71,7 +71,7 @@ fn siprec_call_is_one_stereo_recording_with_participants() {
     assert_eq!(code, 200);
     assert_eq!(detail["id"], rec["id"]);
     assert!(node.metric("callvault_rtp_packets_total") >= 296.0);
-    assert_eq!(node.metric("callvault_recordings_ended_total{state=\"completed\"}"), 1.0);
+    assert_eq!(node.metric("callvault_recordings_ended_total{state=\"completed\",reason=\"bye\"}"), 1.0);
 }
 
 #[test]

@@ -113,7 +113,7 @@ fn refusals_use_the_right_codes_and_drain_mode_finishes_calls() {
     assert_eq!(s["failed"], 1);
     assert_eq!(s["calls"][0]["status"], 503);
     assert_eq!(s["calls"][0]["reason"], "Call limit reached");
-    assert_eq!(node.metric("callvault_invites_rejected_total{code=\"503\"}"), 1.0);
+    assert_eq!(node.metric("callvault_invites_rejected_total{code=\"503\",reason=\"call_limit\"}"), 1.0);
 
     // Drain: new calls refused, the call in progress finishes normally.
     let (code, _) = node.post("/api/drain", Some(json!({ "draining": true })));

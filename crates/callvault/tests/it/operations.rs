@@ -164,3 +164,72 @@ fn one_source_cannot_take_every_tcp_connection() {
     let s = call(node.sip_tcp, &["--transport", "tcp", "--duration", "1"]);
     assert_eq!(s["established"], 1, "{s:#}");
 }
+
+#[test]
+fn out_of_descriptors_is_named_as_such_never_as_a_storage_failure() {
+    // An explicit cap above what 256 descriptors allow: the limit is reached
+    // before the cap, so accept() and port allocation meet EMFILE.
+    let node = Node::start_wrapped(
+        "fd-exhausted",
+        &[("CALLVAULT_SIP__MAX_TCP_CONNECTIONS", "1000"), ("CALLVAULT_SIP__MAX_TCP_CONNECTIONS_PER_SOURCE", "1000")],
+        &["prlimit", "--nofile=256:256", "--"],
+    );
+    let mut conns: Vec<_> = (0..300).filter_map(|_| std::net::TcpStream::connect(node.sip_tcp).ok()).collect();
+    wait_log(&node, "out of file descriptors");
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["calls"][0]["status"], 503, "{s:#}");
+    assert_eq!(s["calls"][0]["reason"], "Out of file descriptors", "{s:#}");
+    // Free some descriptors so the HTTP side can answer.
+    conns.truncate(100);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(metric_value(&node, "callvault_descriptor_exhaustion_total{at=\"sip_tcp_accept\"}") >= 1.0);
+    assert_eq!(
+        metric_value(&node, "callvault_invites_rejected_total{code=\"503\",reason=\"out_of_descriptors\"}"),
+        1.0
+    );
+    assert_eq!(metric_value(&node, "callvault_storage_ok"), 1.0, "not blamed on storage");
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["established"], 1, "calls are taken again once descriptors are free: {s:#}");
+}
+
+#[test]
+fn a_stream_without_rtp_and_an_all_silent_call_are_flagged() {
+    let node = Node::start_with("no-rtp", &[("CALLVAULT_MEDIA__NO_RTP_ALARM_SECS", "1")]);
+    // One-way audio: stream B never sends.
+    let client = call_bg(node.sip_udp, &["--duration", "4", "--no-rtp-b"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, ready) = node.get("/health/ready");
+        assert_eq!(code, 200, "the node still records: {ready}");
+        if ready["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
+            assert!(ready["warnings"][0].as_str().unwrap().contains("without RTP"), "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning in the health details: {ready}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, active) = node.get("/api/recordings/active");
+    assert_eq!(active["recordings"][0]["media_alarm"], "stream_without_rtp", "{active}");
+    assert_eq!(metric_value(&node, "callvault_active_recordings_with_media_alarm"), 1.0);
+    let s = finish_bg(client);
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["media_alarm"], "stream_without_rtp", "{rec:#}");
+    let packets: Vec<u64> =
+        rec["streams"].as_array().unwrap().iter().map(|s| s["stats"]["packets"].as_u64().unwrap()).collect();
+    assert!(packets.contains(&0) && packets.iter().any(|p| *p > 0), "{packets:?}");
+    assert_eq!(metric_value(&node, "callvault_streams_without_rtp_total"), 1.0);
+    assert_eq!(metric_value(&node, "callvault_recordings_media_alarm_total{alarm=\"stream_without_rtp\"}"), 1.0);
+
+    // RTP on both streams, but nothing but digital silence.
+    let s = call(node.sip_udp, &["--duration", "1", "--tone-a", "0", "--tone-b", "0"]);
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["media_alarm"], "all_silent", "{rec:#}");
+
+    // A healthy call carries no alarm.
+    let s = call(node.sip_udp, &["--duration", "1"]);
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert!(rec.get("media_alarm").is_none(), "{rec:#}");
+    assert_eq!(node.get("/health/ready").1["warnings"], serde_json::json!([]));
+}
