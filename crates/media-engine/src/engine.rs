@@ -34,7 +34,7 @@ use rtp_core::ReceiverConfig;
 use crate::ports::PendingSockets;
 use crate::shard::{Shard, ShardConfig, ShardOutput};
 use crate::socket::RecvBatch;
-use crate::writer::{self, WriteJob, WriterBacklog, WriterEvent};
+use crate::writer::{self, SyncLatency, WriteJob, WriterBacklog, WriterEvent};
 
 /// Tuning of the media engine.
 #[derive(Debug, Clone)]
@@ -142,6 +142,8 @@ pub struct StatsSnapshot {
     pub late_samples: u64,
     /// Committed audio waiting for the writer (the disk is behind).
     pub writer_backlog_bytes: u64,
+    /// Durations of the writer's syncs.
+    pub audio_sync: model::latency::LatencyHistogram,
 }
 
 type Notify = Arc<dyn Fn(EngineEvent) + Send + Sync>;
@@ -165,6 +167,7 @@ pub struct MediaEngine {
     forwarder: Option<JoinHandle<()>>,
     stats: Vec<Arc<EngineStats>>,
     backlog: WriterBacklog,
+    sync_latency: SyncLatency,
 }
 
 impl std::fmt::Debug for MediaEngine {
@@ -179,12 +182,13 @@ impl MediaEngine {
     pub fn start(cfg: EngineConfig, pending: PendingSockets, notify: Notify) -> io::Result<MediaEngine> {
         let (writer_tx, writer_rx) = mpsc::channel();
         let backlog = WriterBacklog::default();
+        let sync_latency = SyncLatency::default();
         let (wevent_tx, wevent_rx) = mpsc::channel::<WriterEvent>();
         let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
         let sync = cfg.sync_interval;
         let writer = std::thread::Builder::new().name("media-writer".into()).spawn({
-            let (spool, backlog) = (cfg.spool_dir.clone(), backlog.clone());
-            move || writer::run(spool, writer_rx, wevent_tx, recycle_tx, backlog, sync)
+            let (spool, backlog, latency) = (cfg.spool_dir.clone(), backlog.clone(), sync_latency.clone());
+            move || writer::run(spool, writer_rx, wevent_tx, recycle_tx, backlog, sync, latency)
         })?;
         let n = cfg.shards.max(1);
         let recycle = Arc::new(std::sync::Mutex::new(recycle_rx));
@@ -223,7 +227,15 @@ impl MediaEngine {
                 }
             }
         })?;
-        Ok(MediaEngine { shards, writer_tx, writer: Some(writer), forwarder: Some(forwarder), stats, backlog })
+        Ok(MediaEngine {
+            shards,
+            writer_tx,
+            writer: Some(writer),
+            forwarder: Some(forwarder),
+            stats,
+            backlog,
+            sync_latency,
+        })
     }
 
     fn shard_of(&self, id: RecordingId) -> usize {
@@ -265,6 +277,7 @@ impl MediaEngine {
             s.late_samples += g(&st.late_samples);
         }
         s.writer_backlog_bytes = self.backlog.load(Ordering::Relaxed);
+        s.audio_sync = *self.sync_latency.lock().expect("latency lock");
         s
     }
 

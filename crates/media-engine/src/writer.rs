@@ -60,6 +60,9 @@ pub enum WriterEvent {
 /// Audio bytes handed to the writer and not written yet.
 pub type WriterBacklog = Arc<AtomicU64>;
 
+/// Durations of the writer's syncs, for metrics.
+pub type SyncLatency = Arc<std::sync::Mutex<model::latency::LatencyHistogram>>;
+
 struct OpenFile {
     file: File,
     bytes: u64,
@@ -81,6 +84,7 @@ struct Writer {
     events: Sender<WriterEvent>,
     recycle: Sender<Vec<u8>>,
     backlog: WriterBacklog,
+    sync_latency: SyncLatency,
 }
 
 impl Writer {
@@ -141,7 +145,9 @@ impl Writer {
         if !self.dirty && self.closing.is_empty() {
             return;
         }
+        let started = Instant::now();
         let synced = File::open(&self.spool).and_then(|d| rustix::fs::syncfs(&d).map_err(std::io::Error::from));
+        self.sync_latency.lock().expect("latency lock").observe(started.elapsed());
         if let Err(e) = synced {
             tracing::warn!(error = %e, "syncfs failed; syncing each audio file");
             for (id, f) in self.files.iter_mut().filter(|(_, f)| f.error.is_none()) {
@@ -177,8 +183,18 @@ pub fn run(
     recycle: Sender<Vec<u8>>,
     backlog: WriterBacklog,
     sync_interval: Duration,
+    sync_latency: SyncLatency,
 ) {
-    let mut w = Writer { spool, files: HashMap::new(), dirty: false, closing: Vec::new(), events, recycle, backlog };
+    let mut w = Writer {
+        spool,
+        files: HashMap::new(),
+        dirty: false,
+        closing: Vec::new(),
+        events,
+        recycle,
+        backlog,
+        sync_latency,
+    };
     let mut next_sync = Instant::now() + sync_interval;
     let mut close_due: Option<Instant> = None;
     loop {

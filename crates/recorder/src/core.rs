@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use media::Codec;
 use media_control::{MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec};
+use model::latency::LatencyHistogram;
 use model::{MediaAlarm, RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
@@ -62,6 +63,9 @@ pub struct Counters {
     pub byes_sent: u64,
     /// Streams that received no RTP within the alarm time.
     pub streams_without_rtp: u64,
+    /// Initial INVITE to its final response (an accepted call waits for its
+    /// metadata to be stored; a refusal is answered at once).
+    pub invite_answer: LatencyHistogram,
     /// INVITEs the source cancelled before we answered.
     pub invites_cancelled: u64,
 }
@@ -152,6 +156,7 @@ struct PendingAnswer {
     ok: Response,
     save_seq: u64,
     deadline: Instant,
+    received: Instant,
 }
 
 impl Leg {
@@ -392,6 +397,7 @@ impl Recorder {
                     let leg = self.legs.get_mut(&key).expect("listed");
                     let (Some(p), Some(tx)) = (leg.pending_answer.take(), leg.invite_tx) else { continue };
                     self.counters.invites_accepted += 1;
+                    self.counters.invite_answer.observe(now.mono.saturating_duration_since(p.received));
                     self.endpoint.respond(now.mono, tx, p.ok);
                     let rec = self.recordings.get_mut(&id).expect("checked");
                     if !rec.answered {
@@ -510,6 +516,7 @@ impl Recorder {
     fn reject(&mut self, now: Now, tx: TxId, req: &Request, err: SipError) {
         if req.method == Method::Invite && req.to().is_some_and(|t| t.tag().is_none()) {
             self.counters.count_refusal(&err);
+            self.counters.invite_answer.observe(Duration::ZERO);
         }
         let mut resp = self.response(req, err.status, &err.reason, None);
         if err.status == StatusCode::NOT_ACCEPTABLE_HERE {
@@ -652,6 +659,7 @@ impl Recorder {
                 let mut resp = self.response(&req, err.status, &err.reason, None);
                 resp.headers.push("Min-SE", self.cfg.min_session_expires.to_string());
                 self.counters.count_refusal(&err);
+                self.counters.invite_answer.observe(Duration::ZERO);
                 self.endpoint.respond(now.mono, tx, resp);
                 return;
             }
@@ -880,7 +888,7 @@ impl Recorder {
         resp.body = body;
         let deadline = now.mono + self.cfg.save_timeout;
         self.legs.get_mut(&key).expect("inserted").pending_answer =
-            Some(PendingAnswer { invite: req, ok: resp, save_seq, deadline });
+            Some(PendingAnswer { invite: req, ok: resp, save_seq, deadline, received: now.mono });
     }
 
     /// Asks the driver to store the recording's current metadata.
@@ -1247,6 +1255,7 @@ impl Recorder {
         if let (Some(p), Some(tx)) = (&leg.pending_answer, leg.invite_tx) {
             // Never answered: refuse instead, so the source tries another recorder.
             self.counters.count_refusal(&SipError::new(StatusCode::SERVICE_UNAVAILABLE, "Recording Not Stored"));
+            self.counters.invite_answer.observe(now.mono.saturating_duration_since(p.received));
             let resp = self.response(&p.invite, StatusCode::SERVICE_UNAVAILABLE, "Recording Not Stored", None);
             self.endpoint.respond(now.mono, tx, resp);
         } else if send_bye {

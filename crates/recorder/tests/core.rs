@@ -700,6 +700,10 @@ fn storage_that_fails_or_stalls_refuses_with_503() {
     assert_eq!(h.rec.active_recordings(), 0);
     assert_eq!(h.rec.counters().rejected_with(503), 2);
     assert_eq!(h.rec.counters().invites_rejected.get(&(503, "not_stored")), Some(&2));
+    // The failed save answered at once (virtual time stood still), the
+    // stalled one after the whole save timeout (4.1 s).
+    let latency = h.rec.counters().invite_answer;
+    assert_eq!((latency.count(), latency.counts[0], latency.counts[11]), (2, 1, 1), "{latency:?}");
 }
 
 #[test]

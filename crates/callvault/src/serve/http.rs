@@ -34,6 +34,7 @@ pub struct AppState {
     pub open_files: u64,
     pub storage_probe: Arc<metrics::StorageProbeStats>,
     pub media_alarms: Arc<metrics::MediaAlarmCounts>,
+    pub metadata_sync: super::persist::SyncLatency,
 }
 
 /// How long liveness and metrics wait for the recorder core.
@@ -142,7 +143,8 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         Some(c) => Some(cluster_figures(c).await),
         None => None,
     };
-    let process = metrics::ProcessFigures::read(&s.tcp, &s.storage_probe, &s.media_alarms, s.open_files);
+    let mut process = metrics::ProcessFigures::read(&s.tcp, &s.storage_probe, &s.media_alarms, s.open_files);
+    process.metadata_sync = *s.metadata_sync.lock().expect("latency lock");
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         metrics::render(core_status(&s).await, cluster, process),

@@ -8,7 +8,36 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use model::latency::LatencyHistogram;
+
 use super::core::NodeStatus;
+
+/// A [`LatencyHistogram`] as a Prometheus histogram (seconds).
+#[derive(Debug)]
+struct Histogram<'a>(&'a LatencyHistogram);
+
+impl EncodeMetric for Histogram<'_> {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = self.0.buckets().collect();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.0.sum_secs(),
+            self.0.count(),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+fn histogram(enc: &mut DescriptorEncoder, name: &str, help: &str, h: &LatencyHistogram) -> Result<(), std::fmt::Error> {
+    let m = Histogram(h);
+    let metric =
+        enc.encode_descriptor(name, help, Some(&prometheus_client::registry::Unit::Seconds), m.metric_type())?;
+    m.encode(metric)
+}
 
 /// Cluster figures for a scrape (absent on a single node).
 #[derive(Debug, Clone, Default)]
@@ -50,6 +79,8 @@ pub struct ProcessFigures {
     /// Free space at the last storage probe (none before the first).
     pub storage_free_bytes: Option<u64>,
     pub ended_with_media_alarm: Vec<(model::MediaAlarm, u64)>,
+    /// Metadata writes (spool, one directory fsync per batch).
+    pub metadata_sync: LatencyHistogram,
 }
 
 /// Recordings that ended with a media alarm, by alarm.
@@ -115,6 +146,7 @@ impl ProcessFigures {
             probe_no_descriptors: probe.out_of_descriptors.load(Relaxed),
             storage_free_bytes: probe.free_bytes_plus_one.load(Relaxed).checked_sub(1),
             ended_with_media_alarm: alarms.snapshot(),
+            metadata_sync: LatencyHistogram::default(),
         }
     }
 }
@@ -192,6 +224,12 @@ fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessFigures, core_up: bool
         "Recordings that ended with a media alarm: a stream without RTP, no RTP at all, or only silence",
         p.ended_with_media_alarm.iter().map(|(a, n)| (vec![("alarm", a.as_str().to_owned())], *n)),
     )?;
+    histogram(
+        enc,
+        "callvault_metadata_sync",
+        "Time to write and fsync a batch of recording metadata (calls being set up wait for it)",
+        &p.metadata_sync,
+    )?;
     if let Some(free) = p.storage_free_bytes {
         gauge(enc, "callvault_storage_free_bytes", "Free space on the data directory's file system", free as i64)?;
     }
@@ -222,6 +260,13 @@ impl Collector for StatusCollector {
             s.storage_ok as i64,
         )?;
         gauge(&mut enc, "callvault_can_record", "1 while new calls are accepted", s.can_record.is_ok() as i64)?;
+        histogram(
+            &mut enc,
+            "callvault_invite_answer",
+            "Time from an initial INVITE to its final response (accepted calls wait for their metadata)",
+            &s.counters.invite_answer,
+        )?;
+        histogram(&mut enc, "callvault_audio_sync", "Time of each sync of written audio to disk", &m.audio_sync)?;
         counter(
             &mut enc,
             "callvault_streams_without_rtp",

@@ -275,14 +275,18 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         shutdown: shutdown_rx,
     };
     let core_handle = tokio::spawn(core.run());
+    let metadata_sync = persist::SyncLatency::default();
     let persist_handle = tokio::spawn(persist::run(
         persist_rx,
-        saved_tx,
-        backlog,
-        archive,
-        db.clone(),
-        replication.clone(),
-        runner.clone(),
+        persist::PersistWiring {
+            acks: saved_tx,
+            backlog,
+            archive,
+            db: db.clone(),
+            replication: replication.clone(),
+            runner: runner.clone(),
+            sync_latency: metadata_sync.clone(),
+        },
     ));
     if let Some(s) = &cluster {
         feed_local_state(s.cluster.clone(), admin_tx.clone(), dir.clone(), cfg.sip.max_calls);
@@ -341,6 +345,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             open_files,
             storage_probe: storage_probe.clone(),
             media_alarms: media_alarms.clone(),
+            metadata_sync: metadata_sync.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {

@@ -45,6 +45,9 @@ pub enum PersistJob {
     },
 }
 
+/// Durations of metadata writes (one directory fsync per batch), for metrics.
+pub type SyncLatency = Arc<Mutex<model::latency::LatencyHistogram>>;
+
 /// The outcome of an `Active` save, for [`recorder::Recorder::saved`].
 #[derive(Debug)]
 pub struct SaveAck {
@@ -274,6 +277,7 @@ impl background::Worker for IndexWorker {
 async fn save_spool(
     archive: &Archive,
     acks: &mpsc::UnboundedSender<SaveAck>,
+    sync_latency: &SyncLatency,
     saves: Vec<(Box<RecordingMeta>, u64)>,
     ended: &[RecordingMeta],
 ) -> (Vec<Box<RecordingMeta>>, Vec<bool>) {
@@ -289,11 +293,14 @@ async fn save_spool(
     let a = archive.clone();
     let tickets: Vec<(RecordingId, u64)> = newest.iter().map(|(m, seq)| (m.id, *seq)).collect();
     let ended_owned = ended.to_vec();
+    let latency = sync_latency.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let mut metas: Vec<&RecordingMeta> = newest.iter().map(|(m, _)| m.as_ref()).collect();
         metas.extend(ended_owned.iter());
+        let started = std::time::Instant::now();
         let results: Vec<Result<(), String>> =
             a.save_spool_all(&metas).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        latency.lock().expect("latency lock").observe(started.elapsed());
         (newest, results)
     })
     .await;
@@ -330,15 +337,20 @@ async fn save_spool(
     (written, ended_ok)
 }
 
-pub async fn run(
-    mut rx: mpsc::UnboundedReceiver<PersistJob>,
-    acks: mpsc::UnboundedSender<SaveAck>,
-    backlog: Backlog,
-    archive: Archive,
-    db: Arc<dyn ClusterIndex>,
-    replication: Replication,
-    runner: background::Runner,
-) {
+/// What the persistence worker writes to and reports through.
+pub struct PersistWiring {
+    /// Save outcomes for the recorder core.
+    pub acks: mpsc::UnboundedSender<SaveAck>,
+    pub backlog: Backlog,
+    pub archive: Archive,
+    pub db: Arc<dyn ClusterIndex>,
+    pub replication: Replication,
+    pub runner: background::Runner,
+    pub sync_latency: SyncLatency,
+}
+
+pub async fn run(mut rx: mpsc::UnboundedReceiver<PersistJob>, wiring: PersistWiring) {
+    let PersistWiring { acks, backlog, archive, db, replication, runner, sync_latency } = wiring;
     // Recordings between their first save and their close: a snapshot of
     // any other (one that would land after the close) is dropped, so no
     // spool entry is written for a recording already archived. Bounded by
@@ -408,7 +420,7 @@ pub async fn run(
                     }
                 }
                 if !saves.is_empty() || !spill.is_empty() {
-                    let (written, spilled) = save_spool(&archive, &acks, saves, &spill).await;
+                    let (written, spilled) = save_spool(&archive, &acks, &sync_latency, saves, &spill).await;
                     indexer.push(written);
                     for (meta, ok) in spill.into_iter().zip(spilled) {
                         if ok { waiting.push_back(Ended::Spooled(meta.id)) } else { unsaved.push(meta) }
@@ -430,7 +442,7 @@ pub async fn run(
                 };
                 if !failed.is_empty() {
                     // Whatever must wait for the index or the disk waits in the spool, not here.
-                    let (_, spilled) = save_spool(&archive, &acks, Vec::new(), &failed).await;
+                    let (_, spilled) = save_spool(&archive, &acks, &sync_latency, Vec::new(), &failed).await;
                     for (meta, ok) in failed.into_iter().zip(spilled) {
                         if ok { retry.push(meta.id) } else { unsaved.push(meta) }
                     }
@@ -440,7 +452,7 @@ pub async fn run(
                 waiting.extend(retry.drain(..).map(Ended::Spooled));
                 if !unsaved.is_empty() {
                     let metas = std::mem::take(&mut unsaved);
-                    let (_, ok) = save_spool(&archive, &acks, Vec::new(), &metas).await;
+                    let (_, ok) = save_spool(&archive, &acks, &sync_latency, Vec::new(), &metas).await;
                     for (meta, ok) in metas.into_iter().zip(ok) {
                         if ok { waiting.push_back(Ended::Spooled(meta.id)) } else { unsaved.push(meta) }
                     }
@@ -473,7 +485,7 @@ pub async fn run(
         let batch = std::mem::replace(&mut items, rest);
         let failed = archive_batch(&archive, db.as_ref(), &replication, batch).await;
         // Their real end goes to the spool, so the next start finishes them as they ended.
-        let (_, saved) = save_spool(&archive, &acks, Vec::new(), &failed).await;
+        let (_, saved) = save_spool(&archive, &acks, &sync_latency, Vec::new(), &failed).await;
         for (meta, ok) in failed.iter().zip(saved) {
             let end = if ok { "with its end" } else { "as its last snapshot (its end could not be written)" };
             tracing::error!(recording = %meta.id, "left in the spool {end}; the next start will finish it");

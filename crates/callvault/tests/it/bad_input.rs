@@ -180,6 +180,7 @@ fn assert_metric_labels_bounded(node: &Node) {
                 ]
                 .contains(&v),
                 "version" => v == env!("CARGO_PKG_VERSION"),
+                "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
                 _ => false,
             };
             assert!(ok, "unexpected metric label {k}={v:?} in {line}");

@@ -72,6 +72,14 @@ fn siprec_call_is_one_stereo_recording_with_participants() {
     assert_eq!(detail["id"], rec["id"]);
     assert!(node.metric("callvault_rtp_packets_total") >= 296.0);
     assert_eq!(node.metric("callvault_recordings_ended_total{state=\"completed\",reason=\"bye\"}"), 1.0);
+    // Latency histograms: the INVITE's answer, metadata and audio syncs.
+    assert_eq!(node.metric("callvault_invite_answer_seconds_count"), 1.0);
+    assert_eq!(node.metric("callvault_invite_answer_seconds_bucket{le=\"+Inf\"}"), 1.0);
+    assert!(node.metric("callvault_metadata_sync_seconds_count") >= 1.0, "the save the 200 OK waited for");
+    assert!(node.metric("callvault_audio_sync_seconds_count") >= 1.0);
+    assert_eq!(node.metric("callvault_rtp_port_pairs_in_use"), 0.0);
+    assert!(node.metric("callvault_rtp_port_pairs") >= 2.0);
+    assert!(node.metric("callvault_storage_free_bytes") > 0.0);
 }
 
 #[test]
