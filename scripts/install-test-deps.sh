@@ -9,6 +9,8 @@ need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 # Certificates for the cluster TLS test.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# promtool checks the shipped alert rules (tests/it/alerting.rs).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq
