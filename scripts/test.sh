@@ -11,8 +11,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo deny (licences, duplicates, sources)"
+cargo deny --locked check licenses bans sources
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== Debian package (clean chroot, systemd-analyze, OPTIONS)"
+bash scripts/test-package.sh
 echo "== fuzz (bounded)"
 bash scripts/fuzz.sh
 echo "== all checks passed"

@@ -19,6 +19,7 @@ pub mod http;
 mod memory;
 pub mod metrics;
 pub mod persist;
+mod systemd;
 pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -365,6 +366,8 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     });
     store::durable_write(&dir.root().join("listen.json"), listen.to_string().as_bytes())?;
     tracing::info!(sip_udp = ?udp_addr, sip_tcp = ?tcp_addr, http = ?http_addr, "ready");
+    systemd::ready(&format!("recording; SIP {}", udp_addr.or(tcp_addr).map(|a| a.to_string()).unwrap_or_default()));
+    systemd::spawn_watchdog(admin_tx.clone());
 
     // SIGHUP (systemctl reload, log rotators): re-read the configuration
     // and apply what can change while calls run; an invalid file changes nothing.
@@ -375,16 +378,19 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut running = running;
             while hup.recv().await.is_some() {
+                systemd::reloading();
                 match apply_reload(&reload, &running, &admin).await {
                     Ok(next) => running = next,
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running settings stay"),
                 }
+                systemd::ready("recording (configuration reloaded)");
             }
         });
     }
 
     wait_for_signal().await;
     tracing::info!("shutting down");
+    systemd::stopping();
     let _ = shutdown_tx.send(true);
     let _ = stop_workers_tx.send(true);
     let _ = core_handle.await;
@@ -424,6 +430,17 @@ fn bind_sip_udp(addr: &str, recv_buffer: usize) -> anyhow::Result<UdpSocket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if recv_buffer > 0 {
         s.set_recv_buffer_size(recv_buffer)?;
+        // Linux caps the size at net.core.rmem_max without an error (and
+        // reports twice what it grants).
+        let granted = s.recv_buffer_size().unwrap_or(0) / 2;
+        if granted < recv_buffer {
+            tracing::warn!(
+                asked = recv_buffer,
+                granted,
+                "SIP UDP receive buffer capped by net.core.rmem_max: INVITE bursts may be dropped \
+                 (the Debian package's /usr/lib/sysctl.d/60-callvault.conf raises it)"
+            );
+        }
     }
     s.set_send_buffer_size(1024 * 1024)?;
     s.set_nonblocking(true)?;

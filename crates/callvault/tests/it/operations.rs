@@ -233,3 +233,51 @@ fn a_stream_without_rtp_and_an_all_silent_call_are_flagged() {
     assert!(rec.get("media_alarm").is_none(), "{rec:#}");
     assert_eq!(node.get("/health/ready").1["warnings"], serde_json::json!([]));
 }
+
+/// Datagrams a `Type=notify` service sent to systemd, read until `want`
+/// arrives (or 10 s pass).
+fn notified_until(sock: &std::os::unix::net::UnixDatagram, want: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("systemd was never told {want:?}; got {seen:?}");
+}
+
+#[test]
+fn under_systemd_the_node_notifies_ready_reloading_stopping_and_pings_the_watchdog() {
+    let dir = crate::harness::temp_dir("notify-socket");
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let path_s = path.to_str().unwrap().to_owned();
+    // systemd sets WATCHDOG_PID to the service's pid: exec keeps the shell's.
+    let mut node = Node::start_wrapped(
+        "systemd",
+        &[("NOTIFY_SOCKET", &path_s), ("WATCHDOG_USEC", "400000")],
+        &["sh", "-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"],
+    );
+    let seen = notified_until(&sock, "READY=1");
+    assert!(seen.concat().contains("STATUS=recording"), "{seen:?}");
+    // Pings every 200 ms while the core answers.
+    for _ in 0..3 {
+        notified_until(&sock, "WATCHDOG=1");
+    }
+    assert!(node.log().contains("systemd watchdog enabled"), "{}", node.log());
+    hup(&node);
+    let seen = notified_until(&sock, "RELOADING=1");
+    assert!(seen.last().unwrap().contains("MONOTONIC_USEC="), "{seen:?}");
+    notified_until(&sock, "READY=1");
+    node.stop();
+    notified_until(&sock, "STOPPING=1");
+    let _ = std::fs::remove_dir_all(dir);
+}
