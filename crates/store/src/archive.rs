@@ -79,13 +79,22 @@ impl Archive {
     }
 
     /// [`Archive::save_spool`] for a batch, sharing one directory fsync.
+    /// On a full disk the spool reserve is given up once for the writes
+    /// that failed, so a recording's final state and reason still reach
+    /// the disk (the storage probe recreates the reserve when space is back).
     pub fn save_spool_all(&self, metas: &[&RecordingMeta]) -> Vec<Result<(), ArchiveError>> {
         let files: Vec<(PathBuf, Vec<u8>)> = metas.iter().map(|m| (self.dir.spool_json(m.id), m.to_json())).collect();
-        durable_write_all(&self.dir.spool_dir(), &files)
-            .into_iter()
-            .zip(&files)
-            .map(|(r, (path, _))| r.map_err(io_err(path)))
-            .collect()
+        let mut results = durable_write_all(&self.dir.spool_dir(), &files);
+        let full = |r: &io::Result<()>| r.as_ref().is_err_and(|e| e.kind() == io::ErrorKind::StorageFull);
+        if results.iter().any(full) && self.dir.release_spool_reserve() {
+            tracing::error!("disk full: released the spool reserve to write recording metadata");
+            let failed: Vec<usize> = (0..files.len()).filter(|i| full(&results[*i])).collect();
+            let retry: Vec<(PathBuf, Vec<u8>)> = failed.iter().map(|i| files[*i].clone()).collect();
+            for (i, r) in failed.into_iter().zip(durable_write_all(&self.dir.spool_dir(), &retry)) {
+                results[i] = r;
+            }
+        }
+        results.into_iter().zip(&files).map(|(r, (path, _))| r.map_err(io_err(path))).collect()
     }
 
     /// Steps 1–3 for a recording whose `meta` carries its final state.

@@ -25,6 +25,9 @@ pub struct DataDir {
     root: PathBuf,
 }
 
+/// Size of the spool reserve (final metadata is a few kB per recording).
+pub const SPOOL_RESERVE_BYTES: usize = 256 * 1024;
+
 impl DataDir {
     /// Uses `root`, creating the directory tree if needed.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<DataDir> {
@@ -55,6 +58,29 @@ impl DataDir {
 
     pub fn spool_json(&self, id: RecordingId) -> PathBuf {
         self.spool_dir().join(format!("{id}.json"))
+    }
+
+    fn spool_reserve(&self) -> PathBuf {
+        self.spool_dir().join(".reserve")
+    }
+
+    /// Makes sure the spool holds its reserve: space set aside so that the
+    /// final metadata of recordings that fail on a full disk can still be
+    /// written (and their reason survives a crash). Returns whether it had
+    /// to be (re)created.
+    pub fn ensure_spool_reserve(&self) -> io::Result<bool> {
+        let path = self.spool_reserve();
+        if fs::metadata(&path).is_ok_and(|m| m.len() == SPOOL_RESERVE_BYTES as u64) {
+            return Ok(false);
+        }
+        // Real zeros, not a sparse file: the blocks must be taken now.
+        durable_write(&path, &vec![0u8; SPOOL_RESERVE_BYTES])?;
+        Ok(true)
+    }
+
+    /// Gives the reserve back to the filesystem; false when there was none.
+    pub fn release_spool_reserve(&self) -> bool {
+        fs::remove_file(self.spool_reserve()).is_ok()
     }
 
     /// This node's name: `configured` if given (and remembered), else the

@@ -105,6 +105,14 @@ fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<u64, ProbeError> {
     if free_mib < min_free_mib {
         return Err(ProbeError::Storage(format!("only {free_mib} MiB free (minimum {min_free_mib} MiB)")));
     }
+    match dir.ensure_spool_reserve() {
+        Ok(true) => tracing::info!("spool reserve for metadata on a full disk is in place"),
+        Ok(false) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+            return Err(ProbeError::OutOfDescriptors)
+        }
+        Err(e) => return Err(ProbeError::Storage(format!("cannot keep the spool reserve: {e}"))),
+    }
     Ok(free)
 }
 

@@ -314,3 +314,79 @@ fn a_finished_call_waiting_for_the_index_keeps_its_end_across_kill_9() {
     }
     assert!(node.recordings("?state=interrupted").is_empty());
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop: a
+/// disk that really fills up (ENOSPC). Mounting needs root, which the test
+/// script has (it installs packages and builds a chroot too).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(name: &str, size: &str) -> SmallDisk {
+        let dir = crate::harness::temp_dir(name);
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs failed: this test needs root (scripts/test.sh runs as root or with sudo)");
+        SmallDisk(dir)
+    }
+
+    /// Fills the disk, then frees `leave` bytes.
+    fn fill_leaving(&self, leave: u64) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0x55u8; 16 * 1024];
+        while f.write_all(&chunk).and_then(|_| f.sync_data()).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(leave)).unwrap();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_recording_that_failed_on_a_full_disk_stays_failed_with_its_reason_across_kill_9() {
+    let disk = SmallDisk::new("fulldisk", "2m");
+    let mut node = Node::start_in(
+        disk.0.clone(),
+        &[("CALLVAULT_STORAGE__MIN_FREE_MIB", "0"), ("CALLVAULT_STORAGE__PROBE_INTERVAL_SECS", "3600")],
+    );
+    let reserve = disk.0.join("spool/.reserve");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reserve.exists() {
+        assert!(Instant::now() < deadline, "the spool reserve was not made");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // About 3 s of stereo audio fit; the call lasts 8.
+    let filler = disk.fill_leaving(96 * 1024);
+    let s = call(node.sip_udp, &["--duration", "8"]);
+    assert_eq!(s["calls"][0]["ended_by_recorder"], true, "the recorder hung up on the full disk: {s:#}");
+    let call_id = s["calls"][0]["call_ids"][0].as_str().unwrap().to_owned();
+    // The final metadata went to the spool through the reserve.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reserve.exists() {
+        assert!(Instant::now() < deadline, "the reserve was never used");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    node.kill9();
+    // The operator makes room and starts the node again.
+    std::fs::remove_file(filler).unwrap();
+    let node = node.restart();
+    let rec = node.finished(&call_id);
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    let reason = rec["state_history"].as_array().unwrap().last().unwrap()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with("storage failure") && reason.contains("No space left"), "{reason}");
+    assert!(rec["duration_ms"].as_u64().unwrap() >= 1000, "the audio that fitted is kept: {rec:#}");
+    // Space is back: the reserve is made again at the next probe (start).
+    assert!(reserve.exists());
+    drop(node);
+}

@@ -40,6 +40,13 @@ impl Node {
     }
 
     /// Runs the server under `wrapper` (e.g. `prlimit --fsize=N --`).
+    /// A node whose data directory is `dir` (e.g. a small filesystem).
+    pub fn start_in(dir: PathBuf, env: &[(&str, &str)]) -> Node {
+        let block = 20_000 + 100 * fastrand::u16(0..95);
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Node::spawn(dir, env, (block, block + 99), Vec::new())
+    }
+
     pub fn start_wrapped(name: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Node {
         let dir = temp_dir(name);
         let block = 20_000 + 100 * fastrand::u16(0..95);
