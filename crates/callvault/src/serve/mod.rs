@@ -382,13 +382,24 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     {
         let admin = admin_tx.clone();
         let running = cfg.clone();
+        let cluster = cluster.as_ref().map(|s| s.cluster.clone());
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             let mut running = running;
             while hup.recv().await.is_some() {
                 systemd::reloading();
                 match apply_reload(&reload, &running, &admin).await {
-                    Ok(next) => running = next,
+                    Ok(next) => {
+                        running = next;
+                        match cluster.as_ref().map(|c| c.reload_tls()) {
+                            Some(Ok(true)) => tracing::info!("cluster TLS certificate, key and CA reloaded"),
+                            Some(Err(e)) => tracing::error!(
+                                error = %format!("{e:#}"),
+                                "cluster TLS reload refused; the running certificates stay"
+                            ),
+                            _ => {}
+                        }
+                    }
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused; the running settings stay"),
                 }
                 systemd::ready("recording (configuration reloaded)");

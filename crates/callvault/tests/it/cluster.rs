@@ -517,6 +517,17 @@ fn make_pki(dir: &std::path::Path, names: &[&str]) {
         "/CN=callvault-test-ca",
     ]);
     for n in names {
+        issue_cert(dir, n);
+    }
+}
+
+/// A certificate and key `<name>.pem`/`<name>.key` from the CA in `dir`.
+fn issue_cert(dir: &std::path::Path, n: &str) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    {
         let ext = dir.join(format!("{n}.ext"));
         std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
         run(&[
@@ -582,4 +593,60 @@ fn tls_between_sites_with_mutual_certificates() {
     wait_until(Duration::from_secs(10), "the foreign certificate refused", || a.log().contains("TLS handshake failed"));
     assert_eq!(alive_peers(&x), 0, "a node with a foreign certificate sees nobody");
     assert_eq!(alive_peers(&a), 1);
+}
+
+#[test]
+fn tls_certificates_are_reloaded_on_sighup_without_a_restart() {
+    let pki = crate::harness::temp_dir("pki-reload");
+    make_pki(&pki, &["node-a", "node-b", "node-a-renewed"]);
+    // Node A reads its certificate from files an operator replaces in place.
+    let (live_cert, live_key) = (pki.join("a-live.pem"), pki.join("a-live.key"));
+    std::fs::copy(pki.join("node-a.pem"), &live_cert).unwrap();
+    std::fs::copy(pki.join("node-a.key"), &live_key).unwrap();
+    let tls = |cert: &std::path::Path, key: &std::path::Path| -> Vec<(&'static str, String)> {
+        vec![
+            ("CALLVAULT_CLUSTER__TLS_CERT", cert.display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_KEY", key.display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_CA", pki.join("ca.pem").display().to_string()),
+            ("CALLVAULT_CLUSTER__TLS_CLIENT_AUTH", "true".into()),
+        ]
+    };
+    let a = member("tls-reload-a", "node-a", &[], &tls(&live_cert, &live_key));
+    let b = member("tls-reload-b", "node-b", &[url(&a)], &tls(&pki.join("node-b.pem"), &pki.join("node-b.key")));
+    wait_until(Duration::from_secs(15), "membership over TLS", || alive_peers(&a) == 1 && alive_peers(&b) == 1);
+    // The certificate A presents, as a peer (B's certificate) sees it.
+    let presented = || -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &cluster_addr(&a).to_string(), "-CAfile", "ca.pem"])
+            .args(["-cert", "node-b.pem", "-key", "node-b.key"])
+            .current_dir(&pki)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().find(|l| l.starts_with("subject=")).unwrap_or_default().to_owned()
+    };
+    assert!(presented().ends_with("CN = node-a"), "{}", presented());
+
+    let hup = |n: &Node| {
+        assert!(std::process::Command::new("kill").arg("-HUP").arg(n.pid().to_string()).status().unwrap().success())
+    };
+    std::fs::copy(pki.join("node-a-renewed.pem"), &live_cert).unwrap();
+    std::fs::copy(pki.join("node-a-renewed.key"), &live_key).unwrap();
+    hup(&a);
+    wait_until(Duration::from_secs(10), "the reload", || {
+        a.log().contains("cluster TLS certificate, key and CA reloaded")
+    });
+    assert!(presented().ends_with("CN = node-a-renewed"), "{}", presented());
+    let s = short_calls(&a, 1);
+    a.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    wait_until(Duration::from_secs(30), "a copy over the renewed certificate", || holdings(&b).len() == 1);
+
+    // A broken file changes nothing: the renewed certificate stays in use.
+    std::fs::write(&live_cert, "not a certificate").unwrap();
+    hup(&a);
+    wait_until(Duration::from_secs(10), "the refusal", || a.log().contains("cluster TLS reload refused"));
+    assert!(presented().ends_with("CN = node-a-renewed"), "{}", presented());
+    assert_eq!(alive_peers(&b), 1);
+    let _ = std::fs::remove_dir_all(pki);
 }

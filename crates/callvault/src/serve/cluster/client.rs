@@ -36,7 +36,9 @@ pub type StreamReply = (u16, Vec<(String, String)>, Box<dyn Read + Send>);
 /// Signs and sends requests to peers.
 #[derive(Clone)]
 pub struct PeerClient {
-    agent: ureq::Agent,
+    /// Replaced whole when the TLS files are reloaded (SIGHUP).
+    agent: Arc<std::sync::RwLock<ureq::Agent>>,
+    timeout: Duration,
     secret: Arc<Vec<u8>>,
     me: NodeId,
 }
@@ -53,6 +55,11 @@ fn now_ms() -> i64 {
 
 impl PeerClient {
     pub fn new(me: NodeId, secret: Vec<u8>, timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> PeerClient {
+        let agent = Arc::new(std::sync::RwLock::new(Self::agent(timeout, tls)));
+        PeerClient { agent, timeout, secret: Arc::new(secret), me }
+    }
+
+    fn agent(timeout: Duration, tls: Option<ureq::tls::TlsConfig>) -> ureq::Agent {
         let mut cfg = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)
@@ -60,8 +67,17 @@ impl PeerClient {
         if let Some(tls) = tls {
             cfg = cfg.tls_config(tls);
         }
-        let agent = cfg.build().new_agent();
-        PeerClient { agent, secret: Arc::new(secret), me }
+        cfg.build().new_agent()
+    }
+
+    /// New TLS settings (reloaded certificate, key or CA) for the requests
+    /// that start from now on; those in flight finish on the old ones.
+    pub fn replace_tls(&self, tls: Option<ureq::tls::TlsConfig>) {
+        *self.agent.write().expect("agent lock") = Self::agent(self.timeout, tls);
+    }
+
+    fn current(&self) -> ureq::Agent {
+        self.agent.read().expect("agent lock").clone()
     }
 
     fn signed_headers(&self, method: &str, path: &str, content_sha256: &str) -> Vec<(&'static str, String)> {
@@ -91,7 +107,8 @@ impl PeerClient {
         let headers = self.signed_headers(method, path, &sha);
         let result = match method {
             "GET" | "DELETE" => {
-                let mut r = if method == "GET" { self.agent.get(&url) } else { self.agent.delete(&url) };
+                let agent = self.current();
+                let mut r = if method == "GET" { agent.get(&url) } else { agent.delete(&url) };
                 for (k, v) in headers.iter().map(|(k, v)| (*k, v)).chain(extra.iter().map(|(k, v)| (*k, v))) {
                     r = r.header(k, v);
                 }
@@ -99,8 +116,8 @@ impl PeerClient {
             }
             _ => {
                 let mut r = match method {
-                    "PUT" => self.agent.put(&url),
-                    _ => self.agent.post(&url),
+                    "PUT" => self.current().put(&url),
+                    _ => self.current().post(&url),
                 };
                 for (k, v) in headers.iter().map(|(k, v)| (*k, v)).chain(extra.iter().map(|(k, v)| (*k, v))) {
                     r = r.header(k, v);
@@ -119,7 +136,7 @@ impl PeerClient {
     /// carries the whole file's SHA-256, which the target checks).
     pub fn put_chunk(&self, base: &str, path: &str, body: &[u8]) -> Result<Reply, String> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let mut r = self.agent.put(&url).header("content-type", "application/octet-stream");
+        let mut r = self.current().put(&url).header("content-type", "application/octet-stream");
         for (k, v) in self.signed_headers("PUT", path, auth::UNSIGNED_PAYLOAD) {
             r = r.header(k, v);
         }
@@ -145,7 +162,7 @@ impl PeerClient {
     /// A GET whose body is read as a stream (audio): status, headers, reader.
     pub fn get_stream(&self, base: &str, path: &str, range: Option<&str>) -> Result<StreamReply, String> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let mut r = self.agent.get(&url);
+        let mut r = self.current().get(&url);
         for (k, v) in self.signed_headers("GET", path, auth::EMPTY_SHA256) {
             r = r.header(k, v);
         }

@@ -68,6 +68,8 @@ pub struct Cluster {
     pub membership: Mutex<Membership>,
     pub clock: Mutex<Clock>,
     pub client: PeerClient,
+    /// The cluster API's TLS settings (none without TLS), for reloads.
+    pub server_tls: Option<tls::ServerTls>,
     pub secret: Vec<u8>,
     pub local: Mutex<LocalState>,
     pub settings_digest: Mutex<String>,
@@ -135,6 +137,7 @@ impl Cluster {
             incoming,
             membership: Mutex::new(membership),
             client,
+            server_tls: None,
             secret,
             local: Mutex::new(LocalState::default()),
             settings_digest: Mutex::new(String::new()),
@@ -338,6 +341,20 @@ pub struct Started {
     pub addr: std::net::SocketAddr,
 }
 
+impl Cluster {
+    /// Reads the TLS certificate, key and CA files again (SIGHUP): new
+    /// connections, both served and made, use them. Any error keeps the
+    /// running ones. Returns whether TLS is in use.
+    pub fn reload_tls(&self) -> anyhow::Result<bool> {
+        let Some(server) = &self.server_tls else { return Ok(false) };
+        let acceptor = tls::acceptor(&self.cfg)?.expect("TLS is configured");
+        let client = tls::client_config(&self.cfg)?;
+        server.replace(acceptor);
+        self.client.replace_tls(client);
+        Ok(true)
+    }
+}
+
 /// Binds the inter-node API and starts heartbeats, anti-entropy, the jobs
 /// and a replication worker per target (targets appear as peers do).
 pub async fn start(
@@ -360,18 +377,19 @@ pub async fn start(
     }
     let incoming = data_root.join("incoming");
     std::fs::create_dir_all(&incoming)?;
-    let acceptor = tls::acceptor(&cfg)?;
+    let server_tls = tls::acceptor(&cfg)?.map(tls::ServerTls::new);
     let client_tls = tls::client_config(&cfg)?;
-    let c = Cluster::new(me, cfg, secret, index, blobs, incoming, client_tls);
+    let mut c = Cluster::new(me, cfg, secret, index, blobs, incoming, client_tls);
+    Arc::get_mut(&mut c).expect("not shared yet").server_tls = server_tls.clone();
     for url in c.index.peers().await.unwrap_or_default() {
         c.membership.lock().expect("membership lock").add(&url);
     }
     let known = c.index.known_nodes().await.unwrap_or_default();
     c.known_nodes.lock().expect("known nodes lock").extend(known);
     settings::refresh_digest(&c).await;
-    match acceptor {
-        Some(acceptor) => {
-            tokio::spawn(tls::serve(listener, acceptor, api::router(c.clone())));
+    match server_tls {
+        Some(server_tls) => {
+            tokio::spawn(tls::serve(listener, server_tls, api::router(c.clone())));
         }
         None => {
             let app = api::router(c.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();

@@ -50,6 +50,25 @@ fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
     Ok(store)
 }
 
+/// The server side's TLS settings, replaced whole by a reload: connections
+/// accepted from then on use the new certificate; open ones keep theirs.
+#[derive(Clone)]
+pub struct ServerTls(Arc<std::sync::RwLock<TlsAcceptor>>);
+
+impl ServerTls {
+    pub fn new(acceptor: TlsAcceptor) -> ServerTls {
+        ServerTls(Arc::new(std::sync::RwLock::new(acceptor)))
+    }
+
+    fn current(&self) -> TlsAcceptor {
+        self.0.read().expect("acceptor lock").clone()
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        *self.0.write().expect("acceptor lock") = acceptor;
+    }
+}
+
 /// The server side, when the configuration asks for TLS.
 pub fn acceptor(cfg: &ClusterConfig) -> anyhow::Result<Option<TlsAcceptor>> {
     let (Some(cert), Some(key_path), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) else { return Ok(None) };
@@ -100,7 +119,7 @@ pub fn client_config(cfg: &ClusterConfig) -> anyhow::Result<Option<ureq::tls::Tl
 /// Serves `app` over TLS on `listener` until the process ends. A failed
 /// handshake (wrong CA, no client certificate) is logged and the
 /// connection dropped; nothing is read from it.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
+pub async fn serve(listener: TcpListener, tls: ServerTls, app: Router) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -110,7 +129,7 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, app: Router) {
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app) = (tls.current(), app.clone());
         tokio::spawn(async move {
             let stream = match acceptor.accept(tcp).await {
                 Ok(s) => s,
