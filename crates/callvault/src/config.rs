@@ -153,6 +153,10 @@ pub struct MediaConfig {
 pub struct HttpConfig {
     /// HTTP listen address (health, API, metrics); empty disables it.
     pub listen: String,
+    /// Open HTTP connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// A connection that sends no (next) request for this long is closed.
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,7 +239,7 @@ impl Default for MediaConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "0.0.0.0:8080".into() }
+        HttpConfig { listen: "0.0.0.0:8080".into(), max_connections: 512, idle_timeout_secs: 60 }
     }
 }
 

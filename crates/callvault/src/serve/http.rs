@@ -35,6 +35,7 @@ pub struct AppState {
     pub storage_probe: Arc<metrics::StorageProbeStats>,
     pub media_alarms: Arc<metrics::MediaAlarmCounts>,
     pub metadata_sync: super::persist::SyncLatency,
+    pub http: Arc<super::http_listener::HttpStats>,
 }
 
 /// How long liveness and metrics wait for the recorder core.
@@ -145,6 +146,8 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     };
     let mut process = metrics::ProcessFigures::read(&s.tcp, &s.storage_probe, &s.media_alarms, s.open_files);
     process.metadata_sync = *s.metadata_sync.lock().expect("latency lock");
+    process.http_open = s.http.open.load(std::sync::atomic::Ordering::Relaxed);
+    process.http_refused = s.http.refused.load(std::sync::atomic::Ordering::Relaxed);
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         metrics::render(core_status(&s).await, cluster, process),

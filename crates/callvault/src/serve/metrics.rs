@@ -81,6 +81,8 @@ pub struct ProcessFigures {
     pub ended_with_media_alarm: Vec<(model::MediaAlarm, u64)>,
     /// Metadata writes (spool, one directory fsync per batch).
     pub metadata_sync: LatencyHistogram,
+    pub http_open: u64,
+    pub http_refused: u64,
 }
 
 /// Recordings that ended with a media alarm, by alarm.
@@ -147,6 +149,8 @@ impl ProcessFigures {
             storage_free_bytes: probe.free_bytes_plus_one.load(Relaxed).checked_sub(1),
             ended_with_media_alarm: alarms.snapshot(),
             metadata_sync: LatencyHistogram::default(),
+            http_open: 0,
+            http_refused: 0,
         }
     }
 }
@@ -206,6 +210,8 @@ fn encode_process(enc: &mut DescriptorEncoder, p: &ProcessFigures, core_up: bool
         ]
         .into_iter(),
     )?;
+    gauge(enc, "callvault_http_connections", "Open HTTP API connections", p.http_open as i64)?;
+    counter(enc, "callvault_http_refused", "HTTP API connections refused at http.max_connections", p.http_refused)?;
     counter(enc, "callvault_sip_tcp_closed_idle", "SIP TCP connections closed for idleness", p.tcp_closed_idle)?;
     labelled_counter(
         enc,

@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod core;
 mod download;
 pub mod http;
+mod http_listener;
 mod memory;
 pub mod metrics;
 pub mod persist;
@@ -339,6 +340,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
 
     // HTTP.
     let mut http_addr = None;
+    let http_stats = Arc::new(http_listener::HttpStats::default());
     if !cfg.http.listen.is_empty() {
         let listener =
             TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
@@ -355,12 +357,13 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             storage_probe: storage_probe.clone(),
             media_alarms: media_alarms.clone(),
             metadata_sync: metadata_sync.clone(),
+            http: http_stats.clone(),
         });
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "HTTP server stopped");
-            }
-        });
+        let limits = http_listener::HttpLimits {
+            max_connections: cfg.http.max_connections.max(1),
+            idle: Duration::from_secs(cfg.http.idle_timeout_secs.max(1)),
+        };
+        tokio::spawn(http_listener::serve(listener, app, limits, http_stats.clone()));
     }
 
     let listen = json!({

@@ -281,3 +281,44 @@ fn under_systemd_the_node_notifies_ready_reloading_stopping_and_pings_the_watchd
     notified_until(&sock, "STOPPING=1");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Whether the server closed `c` (EOF) within `within`.
+fn closed_by_server(c: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    c.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // a response; keep reading until EOF or timeout
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn http_connections_are_capped_and_idle_ones_closed() {
+    use std::io::Write;
+    let node = Node::start_with(
+        "http-limits",
+        &[("CALLVAULT_HTTP__MAX_CONNECTIONS", "8"), ("CALLVAULT_HTTP__IDLE_TIMEOUT_SECS", "1")],
+    );
+    let mut idle: Vec<_> = (0..7).map(|_| std::net::TcpStream::connect(node.http).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The eighth place serves this scrape.
+    assert_eq!(metric_value(&node, "callvault_http_connections"), 8.0);
+    let mut over: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(node.http).unwrap()).collect();
+    for c in &mut over {
+        assert!(closed_by_server(c, Duration::from_millis(500)), "a connection over the cap is closed at once");
+    }
+    // Idle connections go after the idle timeout, and a keep-alive one after its last answer.
+    for c in &mut idle {
+        assert!(closed_by_server(c, Duration::from_secs(5)), "an idle connection was kept");
+    }
+    let mut kept = std::net::TcpStream::connect(node.http).unwrap();
+    kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: it\r\n\r\n").unwrap();
+    assert!(closed_by_server(&mut kept, Duration::from_secs(5)), "a keep-alive connection idle after its answer");
+    assert!(metric_value(&node, "callvault_http_refused_total") >= 3.0);
+    assert_eq!(node.get("/health/live").0, 200);
+}
