@@ -112,6 +112,7 @@ pub struct EngineStats {
     pub rtcp_packets: AtomicU64,
     pub malformed: AtomicU64,
     pub foreign: AtomicU64,
+    pub foreign_ssrc: AtomicU64,
     pub unknown_payload: AtomicU64,
     pub duplicates: AtomicU64,
     pub late: AtomicU64,
@@ -132,6 +133,7 @@ pub struct StatsSnapshot {
     pub rtcp_packets: u64,
     pub malformed: u64,
     pub foreign: u64,
+    pub foreign_ssrc: u64,
     pub unknown_payload: u64,
     pub duplicates: u64,
     pub late: u64,
@@ -267,6 +269,7 @@ impl MediaEngine {
             s.rtcp_packets += g(&st.rtcp_packets);
             s.malformed += g(&st.malformed);
             s.foreign += g(&st.foreign);
+            s.foreign_ssrc += g(&st.foreign_ssrc);
             s.unknown_payload += g(&st.unknown_payload);
             s.duplicates += g(&st.duplicates);
             s.late += g(&st.late);
@@ -499,6 +502,7 @@ impl Ingest {
         st.rtcp_packets.store(fin.rtcp_packets + live.rtcp_packets, Ordering::Relaxed);
         st.malformed.store(fin.malformed + live.malformed, Ordering::Relaxed);
         st.foreign.store(fin.foreign + live.foreign, Ordering::Relaxed);
+        st.foreign_ssrc.store(fin.foreign_ssrc + live.foreign_ssrc, Ordering::Relaxed);
         st.unknown_payload.store(fin.unknown_payload + live.unknown_payload, Ordering::Relaxed);
         st.duplicates.store(fin.duplicates + live.duplicates, Ordering::Relaxed);
         st.late.store(fin.late + live.late, Ordering::Relaxed);

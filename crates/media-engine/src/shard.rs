@@ -561,6 +561,7 @@ fn add_stats(into: &mut StreamStats, s: &StreamStats) {
     into.rtcp_packets += s.rtcp_packets;
     into.malformed += s.malformed;
     into.foreign += s.foreign;
+    into.foreign_ssrc += s.foreign_ssrc;
     into.unknown_payload += s.unknown_payload;
     into.duplicates += s.duplicates;
     into.late += s.late;

@@ -203,6 +203,11 @@ pub struct StreamStats {
     /// Packets from an address other than the latched source.
     pub foreign: u64,
     pub ssrc_changes: u32,
+    /// Packets of another SSRC dropped while the stream's own SSRC was
+    /// still sending (stray or interleaved packets are never written over
+    /// the real audio).
+    #[serde(default)]
+    pub foreign_ssrc: u64,
     /// Packets dropped for a sequence number far from the stream's.
     #[serde(default)]
     pub sequence_jumps: u64,

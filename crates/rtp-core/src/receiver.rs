@@ -71,13 +71,22 @@ impl Default for ReceiverConfig {
 /// (RFC 3550 §A.1 `MAX_DROPOUT`).
 pub const MAX_DROPOUT: u64 = 3000;
 
+/// A new SSRC takes the stream over only once the current one has been
+/// silent this long (three 20 ms packets) and the new one has sent
+/// consecutive sequence numbers: a sender that really restarted loses at
+/// most this much, stray packets never replace the real audio.
+pub const SSRC_QUIET: Duration = Duration::from_millis(60);
+
 /// Why a datagram was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accept {
     Queued,
-    /// A new SSRC, or a sequence restart confirmed by two packets: drain,
+    /// A new SSRC that is sustained while the current one has stopped, or
+    /// a sequence restart confirmed by two packets: drain,
     /// [`StreamReceiver::restart`], submit again.
     Restart,
+    /// Another SSRC while the stream's own is still sending: dropped.
+    ForeignSsrc,
     /// A sequence number far from the stream's; dropped unless the next
     /// packet confirms the jump.
     SequenceJump,
@@ -113,6 +122,8 @@ pub struct StreamReceiver {
     last_packet: Option<Instant>,
     /// After a jump: the 16-bit sequence number that would confirm it.
     probation: Option<u16>,
+    /// Another SSRC seen: it and the sequence number that would continue it.
+    ssrc_candidate: Option<(u32, u16)>,
 }
 
 impl StreamReceiver {
@@ -134,6 +145,7 @@ impl StreamReceiver {
             stats: StreamStats::default(),
             last_packet: None,
             probation: None,
+            ssrc_candidate: None,
         };
         r.set_payload_types(payload_types);
         r
@@ -181,11 +193,19 @@ impl StreamReceiver {
         }
         match self.ssrc {
             Some(s) if s != pkt.ssrc() => {
-                self.stats.ssrc_changes += 1;
-                return Accept::Restart;
+                let current_stopped = self.last_packet.is_none_or(|t| now.saturating_duration_since(t) >= SSRC_QUIET);
+                let sustained = self.ssrc_candidate == Some((pkt.ssrc(), pkt.sequence_number()));
+                if current_stopped && sustained {
+                    self.ssrc_candidate = None;
+                    self.stats.ssrc_changes += 1;
+                    return Accept::Restart;
+                }
+                self.ssrc_candidate = Some((pkt.ssrc(), pkt.sequence_number().wrapping_add(1)));
+                self.stats.foreign_ssrc += 1;
+                return Accept::ForeignSsrc;
             }
             None => self.ssrc = Some(pkt.ssrc()),
-            _ => {}
+            _ => self.ssrc_candidate = None,
         }
         if let Some(max) = self.max_seq {
             let candidate = self.seq.peek(pkt.sequence_number());
@@ -373,21 +393,42 @@ mod tests {
     }
 
     #[test]
-    fn ssrc_change_restarts_sequence_space() {
+    fn a_sustained_new_ssrc_after_the_old_one_stopped_restarts_sequence_space() {
         let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
         let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0], t);
         r.on_rtp(t, addr(1), &rtp(100, 0, 7, 0));
-        r.on_rtp(t, addr(1), &rtp(101, 160, 7, 0));
-        let pkt = rtp(5000, 999_999, 8, 0);
-        assert_eq!(r.on_rtp(t, addr(1), &pkt), Accept::Restart);
+        r.on_rtp(ms(20), addr(1), &rtp(101, 160, 7, 0));
+        // The old SSRC stopped at 20 ms; the new one sends from 40 ms on.
+        assert_eq!(r.on_rtp(ms(40), addr(1), &rtp(5000, 999_999, 8, 0)), Accept::ForeignSsrc);
+        assert_eq!(r.on_rtp(ms(60), addr(1), &rtp(5001, 999_999 + 160, 8, 0)), Accept::ForeignSsrc, "not quiet yet");
+        let pkt = rtp(5002, 999_999 + 320, 8, 0);
+        assert_eq!(r.on_rtp(ms(80), addr(1), &pkt), Accept::Restart);
         let mut n = 0;
         while r.pop_any().is_some() {
             n += 1;
         }
         assert_eq!(n, 2);
         r.restart();
-        assert_eq!(r.on_rtp(t, addr(1), &pkt), Accept::Queued);
-        r.on_rtp(t, addr(1), &rtp(5001, 999_999 + 160, 8, 0));
+        assert_eq!(r.on_rtp(ms(80), addr(1), &pkt), Accept::Queued);
+        r.on_rtp(ms(100), addr(1), &rtp(5003, 999_999 + 480, 8, 0));
         assert_eq!((r.stats.packets, r.stats.expected, r.stats.lost, r.stats.ssrc_changes), (4, 4, 0, 1));
+        assert_eq!(r.stats.foreign_ssrc, 2);
+    }
+
+    /// Regression (issue 8): 50 packets of a stray SSRC from the stream's
+    /// own address, interleaved with the real ones, used to flip the
+    /// stream on every packet. Now every real packet is kept.
+    #[test]
+    fn stray_ssrc_packets_interleaved_with_the_real_stream_are_dropped() {
+        let t = Instant::now();
+        let mut r = StreamReceiver::new(ReceiverConfig::default(), 8000, &[0], t);
+        for i in 0..50u16 {
+            let now = t + Duration::from_millis(20 * i as u64);
+            assert_eq!(r.on_rtp(now, addr(1), &rtp(100 + i, 160 * i as u32, 7, 0)), Accept::Queued);
+            let stray = rtp(9000 + i, 5_000_000 + 160 * i as u32, 0xbad, 0);
+            assert_eq!(r.on_rtp(now + Duration::from_millis(5), addr(1), &stray), Accept::ForeignSsrc);
+        }
+        assert_eq!((r.stats.packets, r.stats.lost, r.stats.ssrc_changes, r.stats.foreign_ssrc), (50, 0, 0, 50));
     }
 }

@@ -110,6 +110,7 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
             loss: 0.0,
             dtmf: None,
             delay_step: None,
+            stray_ssrc: false,
         })
         .collect();
     pacer.play(u64::MAX, plans);

@@ -87,6 +87,10 @@ pub struct CallArgs {
     /// direction): tests the no-RTP alarm.
     #[arg(long)]
     pub no_rtp_b: bool,
+    /// After every packet of stream B, one of another SSRC carrying noise
+    /// from the same socket: the recorded audio must not change.
+    #[arg(long)]
+    pub stray_ssrc_b: bool,
     #[arg(long, default_value = "+15550100")]
     pub caller: String,
     #[arg(long, default_value = "+15550199")]
@@ -395,6 +399,7 @@ fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, stream_a: bool) -
             .delay_step_a
             .filter(|_| stream_a)
             .map(|ms| (Duration::from_secs_f64(sh.args.delay_step_at), Duration::from_millis(ms))),
+        stray_ssrc: !stream_a && sh.args.stray_ssrc_b,
     }
 }
 

@@ -41,6 +41,9 @@ pub struct StreamPlan {
     /// numbers or timestamps: what a receiver sees when the network path
     /// gets slower by `.1` (a delay step).
     pub delay_step: Option<(Duration, Duration)>,
+    /// After each audio packet, one of another SSRC (noise, far-off
+    /// sequence numbers) from the same socket: a stray stream.
+    pub stray_ssrc: bool,
 }
 
 /// What a finished stream sent.
@@ -220,6 +223,12 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                 live.plan.codec.encode(&pcm, &mut payload);
                 push_rtp(&mut batch, &sock, live.plan.dest, live.plan.pt, false, seq, live.ts, live.ssrc, &payload);
                 live.sent.packets += 1;
+                if live.plan.stray_ssrc {
+                    let noise: Vec<u8> = (0..payload.len()).map(|_| fastrand::u8(..)).collect();
+                    let (stray_seq, stray_ts) = (seq.wrapping_add(20_000), live.ts.wrapping_add(3_000_000));
+                    let ssrc = live.ssrc ^ 0x5a5a_5a5a;
+                    push_rtp(&mut batch, &sock, live.plan.dest, live.plan.pt, false, stray_seq, stray_ts, ssrc, &noise);
+                }
                 live.octets = live.octets.wrapping_add(payload.len() as u32);
             }
             live.ts = live.ts.wrapping_add(160);

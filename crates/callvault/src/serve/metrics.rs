@@ -365,6 +365,12 @@ impl Collector for StatusCollector {
         counter(&mut enc, "callvault_rtp_foreign_packets", "RTP from a source other than the latched one", m.foreign)?;
         counter(
             &mut enc,
+            "callvault_rtp_foreign_ssrc_packets",
+            "RTP of another SSRC dropped while the stream's own was still sending",
+            m.foreign_ssrc,
+        )?;
+        counter(
+            &mut enc,
             "callvault_rtp_unknown_payload_packets",
             "RTP with a payload type not negotiated",
             m.unknown_payload,

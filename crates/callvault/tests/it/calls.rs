@@ -258,3 +258,23 @@ fn many_concurrent_calls_and_tcp_connection_per_call() {
     assert_eq!(node.metric("callvault_invites_accepted_total"), 20.0);
     assert_eq!(node.metric("callvault_active_recordings"), 0.0);
 }
+
+/// Regression (issue 8): a stray SSRC from the stream's own source address
+/// used to take the stream over on every packet, writing noise over the
+/// real audio. One noise packet of another SSRC after every real packet
+/// of B now leaves B's tone intact, every one counted.
+#[test]
+fn stray_ssrc_packets_from_the_streams_own_address_leave_the_tone_intact() {
+    let node = Node::start("stray-ssrc");
+    let s = call(node.sip_udp, &["--duration", "3", "--tone-a", "440", "--tone-b", "1000", "--stray-ssrc-b"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    let b = &rec["streams"][1]["stats"];
+    assert!(b["foreign_ssrc"].as_u64().unwrap() >= 140, "stray packets counted: {b}");
+    assert_eq!(b["ssrc_changes"], 0, "{b}");
+    assert_eq!(b["lost"], 0, "{b}");
+    let wav = node.audio(&rec);
+    wav.assert_tone(1, 1000.0, 440.0, 200, 2800);
+    wav.assert_tone(0, 440.0, 1000.0, 200, 2800);
+    assert!(node.metric("callvault_rtp_foreign_ssrc_packets_total") >= 140.0);
+}
