@@ -23,8 +23,8 @@ use model::latency::LatencyHistogram;
 use model::{MediaAlarm, RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
-    Endpoint, EndpointSizes, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response, SipError,
-    StatusCode, Transport, TxId, Uri,
+    CSeqMismatch, Endpoint, EndpointSizes, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response,
+    SipError, StatusCode, Transport, TxId, Uri,
 };
 use siprec::forked::{ForkedLeg, LegRole};
 use siprec::metadata::{self, Metadata};
@@ -35,7 +35,7 @@ use time::OffsetDateTime;
 use crate::config::RecorderConfig;
 use crate::output::{Output, RecordingEvent};
 use crate::participants::{self, CallParties};
-use crate::reasons::{refusal_label, EndCause};
+use crate::reasons::{refusal_label, EndCause, Tolerated};
 
 /// The two clocks every input carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,11 +66,18 @@ pub struct Counters {
     /// Initial INVITE to its final response (an accepted call waits for its
     /// metadata to be stored; a refusal is answered at once).
     pub invite_answer: LatencyHistogram,
+    /// Messages that broke a rule in a way whose meaning is clear, used
+    /// anyway (docs/phone-platforms.md), by case.
+    pub tolerated: BTreeMap<Tolerated, u64>,
     /// INVITEs the source cancelled before we answered.
     pub invites_cancelled: u64,
 }
 
 impl Counters {
+    fn tolerate(&mut self, case: Tolerated) {
+        *self.tolerated.entry(case).or_default() += 1;
+    }
+
     fn count_refusal(&mut self, err: &SipError) {
         *self.invites_rejected.entry((err.status.as_u16(), refusal_label(err))).or_default() += 1;
     }
@@ -356,6 +363,12 @@ impl Recorder {
         self.pump(now);
     }
 
+    /// The head of a stream message whose Content-Length is not a number: 400.
+    pub fn reject_bad_content_length(&mut self, now: Now, peer: Peer, head: &[u8]) {
+        self.endpoint.reject_unparsable(peer, head, StatusCode::BAD_REQUEST, "Malformed Content-Length");
+        self.pump(now);
+    }
+
     pub fn handle_timeout(&mut self, now: Now) {
         self.endpoint.handle_timeout(now.mono);
         let expired: Vec<LegKey> = self
@@ -552,6 +565,29 @@ impl Recorder {
     // ----- requests -----
 
     fn on_request(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials, peer: Peer) {
+        if req.cseq_mismatch() == Some(CSeqMismatch::Tolerated) {
+            self.counters.tolerate(Tolerated::CSeqMethodMismatch);
+        }
+        if !matches!(req.method, Method::Other(_)) {
+            // Header inspection, for every method we implement (RFC 3261 §8.2.2).
+            let scheme = req.uri.split(':').next().unwrap_or("");
+            if !["sip", "sips", "tel"].iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+                let err = SipError::new(StatusCode::UNSUPPORTED_URI_SCHEME, "Unsupported URI Scheme");
+                return self.reject(now, tx, &req, err);
+            }
+            let unsupported = Self::unsupported_extensions(&req);
+            if !unsupported.is_empty() {
+                if req.method == Method::Invite && e.to.tag().is_none() {
+                    self.counters.count_refusal(&SipError::new(StatusCode::BAD_EXTENSION, "Bad Extension"));
+                    self.counters.invite_answer.observe(Duration::ZERO);
+                }
+                let reason = format!("Bad Extension: {}", unsupported.join(", "));
+                let mut resp = self.response(&req, StatusCode::BAD_EXTENSION, &reason, None);
+                resp.headers.push("Unsupported", unsupported.join(", "));
+                self.endpoint.respond(now.mono, tx, resp);
+                return;
+            }
+        }
         match &req.method {
             Method::Invite if e.to.tag().is_none() => self.on_initial_invite(now, tx, req, e, peer),
             Method::Invite | Method::Update => self.on_in_dialog_offer(now, tx, req, e),
@@ -585,22 +621,19 @@ impl Recorder {
         self.endpoint.respond(now.mono, tx, resp);
     }
 
-    fn check_admission(&self, req: &Request, peer: Peer, new_recording: bool) -> Result<(), SipError> {
-        let ip = peer.addr.ip();
-        if !self.cfg.allowed_sources.is_empty() && !self.cfg.allowed_sources.iter().any(|n| n.contains(&ip)) {
-            return Err(SipError::new(StatusCode::FORBIDDEN, "Source not allowed"));
-        }
-        let unsupported: Vec<String> = req
-            .headers
+    /// Option tags in Require this recorder does not implement.
+    fn unsupported_extensions(req: &Request) -> Vec<String> {
+        req.headers
             .list("Require")
             .filter(|t| !UNDERSTOOD.iter().any(|u| t.eq_ignore_ascii_case(u)))
             .map(str::to_owned)
-            .collect();
-        if !unsupported.is_empty() {
-            return Err(SipError::with_reason(
-                StatusCode::BAD_EXTENSION,
-                format!("Bad Extension: {}", unsupported.join(", ")),
-            ));
+            .collect()
+    }
+
+    fn check_admission(&self, peer: Peer, new_recording: bool) -> Result<(), SipError> {
+        let ip = peer.addr.ip();
+        if !self.cfg.allowed_sources.is_empty() && !self.cfg.allowed_sources.iter().any(|n| n.contains(&ip)) {
+            return Err(SipError::new(StatusCode::FORBIDDEN, "Source not allowed"));
         }
         if new_recording {
             if let Err(why) = self.can_record() {
@@ -650,7 +683,7 @@ impl Recorder {
     fn on_initial_invite(&mut self, now: Now, tx: TxId, req: Request, e: RequestEssentials, peer: Peer) {
         let fork = ForkedLeg::from_header(&e.from);
         let joins = fork.as_ref().and_then(|f| self.fork_links.get(&f.link).copied());
-        if let Err(err) = self.check_admission(&req, peer, joins.is_none()) {
+        if let Err(err) = self.check_admission(peer, joins.is_none()) {
             return self.reject(now, tx, &req, err);
         }
         let interval = match self.session_interval(&req) {
@@ -668,6 +701,9 @@ impl Recorder {
             Ok(parts) => parts,
             Err(err) => return self.reject(now, tx, &req, err),
         };
+        if sd.as_ref().is_some_and(|sd| sd.skipped_lines > 0) {
+            self.counters.tolerate(Tolerated::SdpStrayLine);
+        }
         let siprec = md.is_some()
             || req.headers.has_token("Require", "siprec")
             || req.contact().is_some_and(|c| c.params.has("+sip.src"));
@@ -990,6 +1026,9 @@ impl Recorder {
             Ok(parts) => parts,
             Err(err) => return self.reject(now, tx, &req, err),
         };
+        if sd.as_ref().is_some_and(|sd| sd.skipped_lines > 0) {
+            self.counters.tolerate(Tolerated::SdpStrayLine);
+        }
         let recording = self.legs[&key].recording;
 
         // Media first: a refused offer (488) must leave the session as it was.
@@ -1150,6 +1189,9 @@ impl Recorder {
     }
 
     fn on_ack(&mut self, _now: Now, req: Request, _peer: Peer) {
+        if req.cseq_mismatch() == Some(CSeqMismatch::Tolerated) {
+            self.counters.tolerate(Tolerated::CSeqMethodMismatch);
+        }
         let Some(call_id) = req.call_id().map(str::to_owned) else { return };
         let to_tag = req.to().and_then(|t| t.tag().map(str::to_owned));
         let Some(key) = self.find_leg(&call_id, to_tag.as_deref()) else { return };

@@ -44,6 +44,25 @@ impl EndCause {
     }
 }
 
+/// A rule a message broke whose meaning is still clear: the message is
+/// used, the case logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tolerated {
+    /// An SDP line that is not `x=value` (e.g. a stray multipart boundary), skipped.
+    SdpStrayLine,
+    /// A BYE or ACK whose CSeq says INVITE: the request line is what counts.
+    CSeqMethodMismatch,
+}
+
+impl Tolerated {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tolerated::SdpStrayLine => "sdp_stray_line",
+            Tolerated::CSeqMethodMismatch => "cseq_method_mismatch",
+        }
+    }
+}
+
 /// The label of a refusal: the status code says most; a 503 says which
 /// resource ran out.
 pub fn refusal_label(err: &SipError) -> &'static str {

@@ -364,6 +364,7 @@ fn admission_errors_carry_the_right_codes() {
     let out = h.send(&req);
     assert_eq!(out.codes(), vec![100, 420]);
     assert!(out.last().reason.contains("foo"));
+    assert_eq!(out.last().headers.get("Unsupported"), Some("foo"));
 
     let req = h.request("INVITE", "x8", 1, None, "", Some("application/sdp"), "garbage");
     assert_eq!(h.send(&req).codes(), vec![100, 400]);

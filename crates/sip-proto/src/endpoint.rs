@@ -407,6 +407,14 @@ impl Endpoint {
                     &format!("Version {v} not supported"),
                 );
             }
+            // The headers may still say where an answer goes (RFC 4475
+            // lwsruri, ltgtruri, scalar02): a 400 beats silence.
+            Err(ParseError::StartLine) => {
+                self.reject_unparsable(peer, data, StatusCode::BAD_REQUEST, "Malformed Request-Line")
+            }
+            Err(ParseError::ContentLength) => {
+                self.reject_unparsable(peer, data, StatusCode::BAD_REQUEST, "Malformed Content-Length")
+            }
             Err(e) => self.emit(Event::Malformed { peer, reason: e.to_string(), answered: None }),
         }
     }
@@ -433,9 +441,12 @@ impl Endpoint {
                 })
                 .collect();
             head = cleaned.into_bytes();
-            let version_fixed = fix_version(&head);
-            if let Ok(Message::Request(req)) = parse(version_fixed.as_deref().unwrap_or(&head)) {
-                if req.method != Method::Ack {
+            let fixed = fix_version(&head).or_else(|| replace_request_line(&head));
+            if let Ok(Message::Request(req)) = parse(fixed.as_deref().unwrap_or(&head)) {
+                let is_ack = req.method == Method::Ack || req.cseq().is_some_and(|c| c.method == Method::Ack);
+                // Without these a response would not reach or match anything.
+                let answerable = req.top_via().is_some() && req.call_id().is_some() && req.cseq().is_some();
+                if !is_ack && answerable {
                     let mut resp = Response::to_request(&req, status, reason, None);
                     stamp_via(&mut resp, peer);
                     let dest = response_dest(peer, req.top_via().as_ref());
@@ -911,6 +922,17 @@ fn stamp_via(resp: &mut Response, peer: Peer) {
 
 /// Parses of a start line with a bad version would fail again; patch it so
 /// the head parses and the 505 can be built.
+/// A request line that does not parse, replaced by one that does so the
+/// headers can be answered (never for a status line: responses get none).
+fn replace_request_line(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let (first, rest) = text.split_once('\n')?;
+    if first.starts_with("SIP/") || matches!(parse(head), Ok(_) | Err(ParseError::Version(_))) {
+        return None;
+    }
+    Some(format!("OPTIONS sip:unparsable.invalid SIP/2.0\r\n{rest}").into_bytes())
+}
+
 fn fix_version(head: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(head).ok()?;
     let (first, rest) = text.split_once('\n')?;

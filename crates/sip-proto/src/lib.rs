@@ -19,7 +19,9 @@ pub use endpoint::{
 };
 pub use error::{ParseError, SipError};
 pub use header::{Headers, MediaType, Params};
-pub use message::{frame, parse, CSeq, Framing, HeaderAccess, Message, Request, RequestEssentials, Response};
+pub use message::{
+    frame, parse, CSeq, CSeqMismatch, Framing, HeaderAccess, Message, Request, RequestEssentials, Response,
+};
 pub use method::Method;
 pub use status::StatusCode;
 pub use uri::{NameAddr, Uri, Via};

@@ -94,6 +94,13 @@ impl HeaderAccess for Response {
     }
 }
 
+/// A CSeq method that is not the request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CSeqMismatch {
+    Tolerated,
+    Refused,
+}
+
 /// The headers a request must carry to be processed, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestEssentials {
@@ -116,14 +123,23 @@ impl Request {
             None => return Err(SipError::bad_request("Missing Via")),
             Some(v) => Via::parse(v).ok_or_else(|| SipError::bad_request("Malformed Via"))?,
         };
+        // Every Via must parse, and a list has no empty items (RFC 4475 badinv01).
+        let empty_item = self.headers.get_all("Via").any(|v| v.split(',').any(|item| item.trim().is_empty()));
+        if empty_item || self.headers.list("Via").any(|v| Via::parse(v).is_none()) {
+            return Err(SipError::bad_request("Malformed Via"));
+        }
         let call_id = self.call_id().ok_or_else(|| SipError::bad_request("Missing Call-ID"))?.to_owned();
         let cseq = match self.headers.get("CSeq") {
             None => return Err(SipError::bad_request("Missing CSeq")),
             Some(v) => CSeq::parse(v).ok_or_else(|| SipError::bad_request("Malformed CSeq"))?,
         };
-        if cseq.method != self.method {
-            return Err(SipError::bad_request("CSeq method does not match request"));
-        }
+        let cseq = match self.cseq_mismatch() {
+            None => cseq,
+            // A BYE or ACK carrying INVITE in CSeq: the request line says
+            // what it is (seen from real platforms; the meaning is clear).
+            Some(CSeqMismatch::Tolerated) => CSeq { seq: cseq.seq, method: self.method.clone() },
+            Some(CSeqMismatch::Refused) => return Err(SipError::bad_request("CSeq method does not match request")),
+        };
         let from = match self.headers.get("From") {
             None => return Err(SipError::bad_request("Missing From")),
             Some(v) => NameAddr::parse(v).ok_or_else(|| SipError::bad_request("Malformed From"))?,
@@ -138,6 +154,20 @@ impl Request {
             }
         }
         Ok(RequestEssentials { call_id, cseq, from, to, via })
+    }
+
+    /// Whether the CSeq method differs from the request line's, and
+    /// whether that is tolerated (BYE or ACK with `INVITE`) or refused
+    /// (anything else, e.g. RFC 4475 mismatch01).
+    pub fn cseq_mismatch(&self) -> Option<CSeqMismatch> {
+        let cseq = self.cseq()?;
+        if cseq.method == self.method {
+            None
+        } else if matches!(self.method, Method::Bye | Method::Ack) && cseq.method == Method::Invite {
+            Some(CSeqMismatch::Tolerated)
+        } else {
+            Some(CSeqMismatch::Refused)
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -308,7 +338,8 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         let method = parts.next().and_then(Method::parse).ok_or(ParseError::StartLine)?;
         let uri = parts.next().ok_or(ParseError::StartLine)?;
         let version = parts.next().ok_or(ParseError::StartLine)?;
-        if parts.next().is_some() || !uri.contains(':') {
+        // One SP-free Request-URI, not in angle brackets (RFC 4475 lwsruri, ltgtruri).
+        if parts.next().is_some() || !uri.contains(':') || uri.starts_with('<') {
             return Err(ParseError::StartLine);
         }
         if version != "SIP/2.0" {
@@ -431,9 +462,14 @@ mod tests {
         let err = r.essentials().unwrap_err();
         assert_eq!(err.status, StatusCode::BAD_REQUEST);
         assert_eq!(err.reason, "Missing Call-ID");
-        let m = m.replace("CSeq: 2 BYE", "Call-ID: x\r\nCSeq: 2 INVITE");
-        let Message::Request(r) = parse(m.as_bytes()).unwrap() else { panic!() };
+        let wrong = m.replace("CSeq: 2 BYE", "Call-ID: x\r\nCSeq: 2 OPTIONS");
+        let Message::Request(r) = parse(wrong.as_bytes()).unwrap() else { panic!() };
         assert_eq!(r.essentials().unwrap_err().reason, "CSeq method does not match request");
+        // A BYE carrying INVITE in CSeq is a BYE (the meaning is clear).
+        let tolerated = m.replace("CSeq: 2 BYE", "Call-ID: x\r\nCSeq: 2 INVITE");
+        let Message::Request(r) = parse(tolerated.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(r.cseq_mismatch(), Some(CSeqMismatch::Tolerated));
+        assert_eq!(r.essentials().unwrap().cseq, CSeq { seq: 2, method: Method::Bye });
     }
 
     #[test]

@@ -16,6 +16,7 @@ impl StatusCode {
     pub const METHOD_NOT_ALLOWED: StatusCode = StatusCode(405);
     pub const REQUEST_TIMEOUT: StatusCode = StatusCode(408);
     pub const UNSUPPORTED_MEDIA_TYPE: StatusCode = StatusCode(415);
+    pub const UNSUPPORTED_URI_SCHEME: StatusCode = StatusCode(416);
     pub const BAD_EXTENSION: StatusCode = StatusCode(420);
     pub const TEMPORARILY_UNAVAILABLE: StatusCode = StatusCode(480);
     pub const CALL_DOES_NOT_EXIST: StatusCode = StatusCode(481);
@@ -62,6 +63,7 @@ impl StatusCode {
             405 => "Method Not Allowed",
             408 => "Request Timeout",
             415 => "Unsupported Media Type",
+            416 => "Unsupported URI Scheme",
             420 => "Bad Extension",
             480 => "Temporarily Unavailable",
             481 => "Call/Transaction Does Not Exist",

@@ -225,18 +225,22 @@ pub struct Via {
 }
 
 impl Via {
+    /// One via-parm. Whitespace around the slashes of the sent-protocol
+    /// and around `;` and `=` is allowed (RFC 3261 SLASH, SEMI, EQUAL are
+    /// SWS-padded); an empty parameter (`;;`) is not.
     pub fn parse(s: &str) -> Option<Via> {
-        let s = s.trim();
-        let (proto, rest) = s.split_once(|c: char| c.is_whitespace())?;
-        let mut p = proto.split('/').map(str::trim);
-        let (name, version, transport) = (p.next()?, p.next()?, p.next()?);
-        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() || p.next().is_some() {
+        let mut p = s.trim().splitn(3, '/');
+        let (name, version, rest) = (p.next()?.trim(), p.next()?.trim(), p.next()?.trim_start());
+        let (transport, sent) = rest.split_once(|c: char| c.is_whitespace())?;
+        if !name.eq_ignore_ascii_case("SIP") || version != "2.0" || transport.is_empty() {
             return None;
         }
-        let rest = rest.trim();
-        let parts = split_outside_quotes(rest, b';');
+        let parts = split_outside_quotes(sent.trim(), b';');
         let (host, port) = split_host_port(parts[0].trim())?;
-        if host.is_empty() {
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return None;
+        }
+        if parts[1..].iter().any(|p| p.trim().is_empty() || p.trim().starts_with('=')) {
             return None;
         }
         let params = Params::parse(&parts[1..].join(";"));

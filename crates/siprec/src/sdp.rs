@@ -137,6 +137,10 @@ pub struct SessionDescription {
     pub origin_session_id: String,
     pub origin_version: u64,
     pub streams: Vec<OfferedStream>,
+    /// Lines that were not `x=value` and were skipped (e.g. a multipart
+    /// boundary an SBC left inside the SDP part): the rest still means
+    /// what it says, so the offer is used and the skip counted.
+    pub skipped_lines: usize,
 }
 
 /// Why an SDP body cannot be used.
@@ -150,7 +154,8 @@ pub enum SdpError {
 
 /// Parses an SDP body.
 pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
-    let session = Session::parse(body).map_err(|e| SdpError::Malformed(e.to_string()))?;
+    let (body, skipped_lines) = without_stray_lines(body);
+    let session = Session::parse(&body).map_err(|e| SdpError::Malformed(e.to_string()))?;
     let session_addr = session.connection.as_ref().and_then(conn_ip);
     let session_dir = session.attributes.iter().find_map(|a| Direction::from_attr(&a.attribute));
     let mut streams = Vec::new();
@@ -217,7 +222,28 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
         origin_session_id: session.origin.sess_id.clone(),
         origin_version: session.origin.sess_version,
         streams,
+        skipped_lines,
     })
+}
+
+/// The body without lines that are not `<letter>=<value>` (RFC 4566 §5),
+/// and how many there were. Empty lines are kept out too.
+fn without_stray_lines(body: &[u8]) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(body.len());
+    let mut skipped = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        if line.len() >= 2 && line[0].is_ascii_lowercase() && line[1] == b'=' {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            skipped += 1;
+        }
+    }
+    (out, skipped)
 }
 
 fn parse_rtpmap(pt: u8, v: &str) -> Option<RtpMap> {

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::persist::{Backlog, PersistJob, SaveAck};
-use super::transport::{Inbound, Transports};
+use super::transport::{Inbound, InboundKind, Transports};
 
 /// Requests from the HTTP API, the CLI (through HTTP) and housekeeping.
 #[derive(Debug)]
@@ -89,19 +89,11 @@ impl CoreTask {
             };
             tokio::select! {
                 Some(msg) = self.inbox.recv() => {
-                    if msg.oversized {
-                        self.recorder.reject_oversized(now(), msg.peer, &msg.data);
-                    } else {
-                        self.recorder.handle_sip(now(), msg.peer, &msg.data);
-                    }
+                    self.take(msg);
                     // Take whatever else is already queued before dispatching.
                     for _ in 0..256 {
                         let Ok(msg) = self.inbox.try_recv() else { break };
-                        if msg.oversized {
-                            self.recorder.reject_oversized(now(), msg.peer, &msg.data);
-                        } else {
-                            self.recorder.handle_sip(now(), msg.peer, &msg.data);
-                        }
+                        self.take(msg);
                     }
                 }
                 Some(ack) = self.saved.recv() => {
@@ -189,6 +181,21 @@ impl CoreTask {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let engine = self.engine;
         let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    }
+
+    /// One message (or unframeable stream head) from a transport.
+    fn take(&mut self, msg: Inbound) {
+        let before = self.recorder.counters().tolerated.clone();
+        match msg.kind {
+            InboundKind::Message => self.recorder.handle_sip(now(), msg.peer, &msg.data),
+            InboundKind::TooLarge => self.recorder.reject_oversized(now(), msg.peer, &msg.data),
+            InboundKind::BadContentLength => self.recorder.reject_bad_content_length(now(), msg.peer, &msg.data),
+        }
+        for (case, n) in &self.recorder.counters().tolerated {
+            if before.get(case) != Some(n) {
+                tracing::warn!(peer = %msg.peer.addr, case = case.label(), "message breaks a rule but its meaning is clear: used");
+            }
+        }
     }
 
     /// New calls wait while the disk is behind the audio (hysteresis: taken

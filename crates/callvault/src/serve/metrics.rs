@@ -334,6 +334,12 @@ impl Collector for StatusCollector {
             s.counters.malformed_messages,
         )?;
         counter(&mut enc, "callvault_sip_byes_sent", "BYEs sent by the recorder", s.counters.byes_sent)?;
+        labelled_counter(
+            &mut enc,
+            "callvault_sip_tolerated",
+            "Messages that broke a rule in a way whose meaning is clear, used anyway, by case",
+            s.counters.tolerated.iter().map(|(c, n)| (vec![("case", c.label().to_owned())], *n)),
+        )?;
         gauge(
             &mut enc,
             "callvault_sip_transactions",

@@ -112,7 +112,9 @@ fn probe_storage(dir: &DataDir, min_free_mib: u64) -> Result<u64, ProbeError> {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
             return Err(ProbeError::OutOfDescriptors)
         }
-        Err(e) => return Err(ProbeError::Storage(format!("cannot keep the spool reserve: {e}"))),
+        // Best effort: without it a full disk may cost a failed
+        // recording its reason after a crash, nothing more.
+        Err(e) => tracing::warn!(error = %e, "cannot make the spool reserve for metadata on a full disk"),
     }
     Ok(free)
 }

@@ -19,8 +19,19 @@ use tokio::sync::mpsc;
 pub struct Inbound {
     pub peer: Peer,
     pub data: Vec<u8>,
-    /// The head of a message larger than the limit (answer 513, then close).
-    pub oversized: bool,
+    pub kind: InboundKind,
+}
+
+/// What an [`Inbound`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundKind {
+    /// A whole message.
+    Message,
+    /// The head of a stream message larger than the limit (513, then close).
+    TooLarge,
+    /// The head of a stream message whose Content-Length is not a number
+    /// (negative, past 2^64): 400, then close (the stream cannot be framed).
+    BadContentLength,
 }
 
 /// Limits on SIP TCP connections (descriptors are finite: calls, storage
@@ -150,7 +161,7 @@ impl Transports {
         loop {
             match sock.recv_from(&mut buf).await {
                 Ok((n, from)) => {
-                    let msg = Inbound { peer: Peer::udp(from), data: buf[..n].to_vec(), oversized: false };
+                    let msg = Inbound { peer: Peer::udp(from), data: buf[..n].to_vec(), kind: InboundKind::Message };
                     if self.inbox.send(msg).await.is_err() {
                         return; // core gone: shutting down
                     }
@@ -252,7 +263,7 @@ impl Transports {
                         }
                         Framing::Message(n) => {
                             let data: Vec<u8> = buf.drain(..n).collect();
-                            if this.inbox.send(Inbound { peer, data, oversized: false }).await.is_err() {
+                            if this.inbox.send(Inbound { peer, data, kind: InboundKind::Message }).await.is_err() {
                                 break 'conn;
                             }
                         }
@@ -261,7 +272,11 @@ impl Transports {
                             let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
                             if let Some(end) = head_end {
                                 let head = buf[..end].to_vec();
-                                let _ = this.inbox.send(Inbound { peer, data: head, oversized: true }).await;
+                                let kind = match e {
+                                    sip_proto::ParseError::ContentLength => InboundKind::BadContentLength,
+                                    _ => InboundKind::TooLarge,
+                                };
+                                let _ = this.inbox.send(Inbound { peer, data: head, kind }).await;
                             }
                             // Give the core a moment to answer before the socket closes.
                             tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -181,6 +181,7 @@ fn assert_metric_labels_bounded(node: &Node) {
                 .contains(&v),
                 "version" => v == env!("CARGO_PKG_VERSION"),
                 "le" => v == "+Inf" || v.parse::<f64>().is_ok(),
+                "case" => ["sdp_stray_line", "cseq_method_mismatch"].contains(&v),
                 _ => false,
             };
             assert!(ok, "unexpected metric label {k}={v:?} in {line}");
@@ -365,4 +366,37 @@ fn oversized_query_inputs_get_400() {
     assert_eq!(code, 400);
     let (code, v) = node.get(&format!("/api/recordings?party={}", "9".repeat(128)));
     assert_eq!(code, 200, "at the limit is fine: {v}");
+}
+
+/// RFC 4475 messages the issue found answered wrongly on a real node: a
+/// negative or 2^64 Content-Length over TCP gets 400 (not 513) before the
+/// unframeable connection closes; a Request-URI with LWS or in angle
+/// brackets gets 400 over TCP too (UDP is covered by the core's fixtures).
+#[test]
+fn rfc4475_malformed_lengths_and_request_lines_get_400_over_tcp() {
+    let node = Node::start("rfc4475-tcp");
+    let fixture = |name: &str| {
+        std::fs::read(format!("{}/../recorder/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    for name in [
+        "rfc4475/scalar02.sip",
+        "liberal/content_length_2_to_the_64.sip",
+        "rfc4475/lwsruri.sip",
+        "rfc4475/ltgtruri.sip",
+    ] {
+        let mut tcp = TcpStream::connect(node.sip_tcp).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(&fixture(name)).unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            match tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("SIP/2.0 400 "), "{name}: {text:?}");
+    }
+    assert_eq!(node.get("/health/live").0, 200);
 }
