@@ -11,6 +11,7 @@ pub mod receiver;
 pub mod reorder;
 pub mod rtcp;
 pub mod seq;
+pub mod srtp;
 pub mod stats;
 
 pub use dtmf::{DtmfDetector, DtmfEvent};
