@@ -146,6 +146,17 @@ pub struct MediaConfig {
     pub sync_interval_ms: u64,
     /// SO_RCVBUF for each RTP socket, bytes (0 = system default).
     pub recv_buffer_bytes: usize,
+    /// `accept`: plain RTP and SRTP (SDES) offers; `require`: plain offers get 488.
+    pub srtp: SrtpMode,
+}
+
+/// Which media protection calls must use.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpMode {
+    #[default]
+    Accept,
+    Require,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +244,7 @@ impl Default for MediaConfig {
             playout_delay_ms: 200,
             sync_interval_ms: 1000,
             recv_buffer_bytes: 256 * 1024,
+            srtp: SrtpMode::Accept,
         }
     }
 }

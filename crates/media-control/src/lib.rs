@@ -34,6 +34,8 @@ pub struct StreamSpec {
     pub rtcp_mux: bool,
     /// On hold: no media expected, inactivity does not count.
     pub held: bool,
+    /// SRTP with this (the sender's) key, from the offer's `a=crypto`.
+    pub srtp: Option<rtp_core::srtp::SrtpKey>,
 }
 
 impl StreamSpec {

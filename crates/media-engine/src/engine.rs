@@ -113,6 +113,7 @@ pub struct EngineStats {
     pub malformed: AtomicU64,
     pub foreign: AtomicU64,
     pub foreign_ssrc: AtomicU64,
+    pub srtp_auth_failures: AtomicU64,
     pub unknown_payload: AtomicU64,
     pub duplicates: AtomicU64,
     pub late: AtomicU64,
@@ -134,6 +135,7 @@ pub struct StatsSnapshot {
     pub malformed: u64,
     pub foreign: u64,
     pub foreign_ssrc: u64,
+    pub srtp_auth_failures: u64,
     pub unknown_payload: u64,
     pub duplicates: u64,
     pub late: u64,
@@ -270,6 +272,7 @@ impl MediaEngine {
             s.malformed += g(&st.malformed);
             s.foreign += g(&st.foreign);
             s.foreign_ssrc += g(&st.foreign_ssrc);
+            s.srtp_auth_failures += g(&st.srtp_auth_failures);
             s.unknown_payload += g(&st.unknown_payload);
             s.duplicates += g(&st.duplicates);
             s.late += g(&st.late);
@@ -503,6 +506,7 @@ impl Ingest {
         st.malformed.store(fin.malformed + live.malformed, Ordering::Relaxed);
         st.foreign.store(fin.foreign + live.foreign, Ordering::Relaxed);
         st.foreign_ssrc.store(fin.foreign_ssrc + live.foreign_ssrc, Ordering::Relaxed);
+        st.srtp_auth_failures.store(fin.srtp_auth_failures + live.srtp_auth_failures, Ordering::Relaxed);
         st.unknown_payload.store(fin.unknown_payload + live.unknown_payload, Ordering::Relaxed);
         st.duplicates.store(fin.duplicates + live.duplicates, Ordering::Relaxed);
         st.late.store(fin.late + live.late, Ordering::Relaxed);

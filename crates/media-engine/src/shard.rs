@@ -105,6 +105,8 @@ struct StreamState {
     /// Reference for inactivity: last packet, or when the stream (re)started.
     active_since: Instant,
     no_rtp_reported: bool,
+    /// Decrypts SRTP before the receiver sees a packet.
+    srtp: Option<(rtp_core::srtp::SrtpKey, rtp_core::srtp::SrtpReceiver)>,
 }
 
 /// How a stream's packets become audio on its channel.
@@ -380,6 +382,7 @@ impl Shard {
             held: spec.held,
             active_since: now,
             no_rtp_reported: false,
+            srtp: spec.srtp.as_ref().map(|k| (k.clone(), rtp_core::srtp::SrtpReceiver::new(k))),
         };
         let idx = self.streams.insert(stream);
         self.by_stream_id.insert(spec.id, idx);
@@ -403,6 +406,11 @@ impl Shard {
         }
         s.held = spec.held;
         s.decode.channel = spec.channel;
+        // A new key (re-keying in a re-INVITE) starts a new SRTP context;
+        // the same key keeps the one running (its rollover counter).
+        if s.srtp.as_ref().map(|(k, _)| k) != spec.srtp.as_ref() {
+            s.srtp = spec.srtp.as_ref().map(|k| (k.clone(), rtp_core::srtp::SrtpReceiver::new(k)));
+        }
     }
 
     fn remove_stream(&mut self, idx: usize) {
@@ -469,6 +477,31 @@ impl Shard {
     pub fn on_rtp(&mut self, now: Instant, slot: usize, from: SocketAddr, data: &[u8]) {
         let Some(s) = self.streams.get_mut(slot) else { return };
         let Some(rec) = self.recs.get_mut(s.rec) else { return };
+        let decrypted;
+        let data = match &mut s.srtp {
+            None => data,
+            Some((_, rx)) => {
+                let unprotected = if rtp_core::rtcp::is_rtcp(data) { rx.rtcp(data) } else { rx.rtp(data) };
+                match unprotected {
+                    Ok(plain) => {
+                        decrypted = plain;
+                        &decrypted[..]
+                    }
+                    Err(rtp_core::srtp::SrtpDrop::Authentication) => {
+                        s.receiver.stats.srtp_auth_failures += 1;
+                        return;
+                    }
+                    Err(rtp_core::srtp::SrtpDrop::Replay) => {
+                        s.receiver.stats.duplicates += 1;
+                        return;
+                    }
+                    Err(rtp_core::srtp::SrtpDrop::Invalid) => {
+                        s.receiver.stats.malformed += 1;
+                        return;
+                    }
+                }
+            }
+        };
         let mut outcome = s.receiver.on_rtp(now, from, data);
         if outcome == Accept::Restart {
             while let Some(p) = s.receiver.pop_any() {
@@ -489,8 +522,14 @@ impl Shard {
 
     /// One RTCP datagram for the stream in `slot`.
     pub fn on_rtcp(&mut self, now: Instant, slot: usize, from: SocketAddr, data: &[u8]) {
-        if let Some(s) = self.streams.get_mut(slot) {
-            s.receiver.on_rtcp(now, from, data);
+        let Some(s) = self.streams.get_mut(slot) else { return };
+        match &mut s.srtp {
+            None => s.receiver.on_rtcp(now, from, data),
+            Some((_, rx)) => match rx.rtcp(data) {
+                Ok(plain) => s.receiver.on_rtcp(now, from, &plain),
+                Err(rtp_core::srtp::SrtpDrop::Authentication) => s.receiver.stats.srtp_auth_failures += 1,
+                Err(_) => s.receiver.stats.malformed += 1,
+            },
         }
     }
 
@@ -562,6 +601,7 @@ fn add_stats(into: &mut StreamStats, s: &StreamStats) {
     into.malformed += s.malformed;
     into.foreign += s.foreign;
     into.foreign_ssrc += s.foreign_ssrc;
+    into.srtp_auth_failures += s.srtp_auth_failures;
     into.unknown_payload += s.unknown_payload;
     into.duplicates += s.duplicates;
     into.late += s.late;
@@ -640,6 +680,7 @@ mod tests {
             remote: None,
             rtcp_mux: false,
             held: false,
+            srtp: None,
         }
     }
 

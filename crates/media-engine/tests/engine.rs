@@ -69,6 +69,7 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
             remote: None,
             rtcp_mux: false,
             held: false,
+            srtp: None,
         }));
     }
     std::thread::sleep(Duration::from_millis(50));

@@ -180,6 +180,9 @@ pub struct StreamRecord {
     /// Participant id (or name) sending on this stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// The SRTP suite the stream was received with (never the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srtp: Option<String>,
     pub stats: StreamStats,
 }
 
@@ -208,6 +211,10 @@ pub struct StreamStats {
     /// the real audio).
     #[serde(default)]
     pub foreign_ssrc: u64,
+    /// SRTP/SRTCP packets that failed authentication (wrong key,
+    /// tampering): dropped, never written.
+    #[serde(default)]
+    pub srtp_auth_failures: u64,
     /// Packets dropped for a sequence number far from the stream's.
     #[serde(default)]
     pub sequence_jumps: u64,

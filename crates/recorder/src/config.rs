@@ -15,6 +15,8 @@ pub struct RecorderConfig {
     pub allowed_sources: Vec<IpNet>,
     /// New recordings refused with 503 beyond this many active ones (0 = no limit).
     pub max_calls: usize,
+    /// Refuse plain RTP offers (488): SRTP only.
+    pub srtp_required: bool,
     /// Address put in SDP and Contact when the request does not name ours.
     pub advertised_ip: Option<IpAddr>,
     /// Used when neither the config nor the Request-URI gives an address.
@@ -45,6 +47,7 @@ impl RecorderConfig {
         RecorderConfig {
             node_id,
             allowed_sources: Vec::new(),
+            srtp_required: false,
             max_calls: 0,
             advertised_ip: None,
             fallback_ip: IpAddr::from([127, 0, 0, 1]),

@@ -21,6 +21,7 @@ use media::Codec;
 use media_control::{MediaCommand, MediaNotice, MediaPort, PortAllocator, StreamId, StreamSpec};
 use model::latency::LatencyHistogram;
 use model::{MediaAlarm, RecordingId, RecordingMeta, RecordingState, SourceKind, StreamRecord};
+use rtp_core::srtp::{SrtpKey, SrtpSuite};
 use sip_proto::message::RequestEssentials;
 use sip_proto::{
     CSeqMismatch, Endpoint, EndpointSizes, Event, HeaderAccess, Method, Output as SipOutput, Peer, Request, Response,
@@ -28,7 +29,7 @@ use sip_proto::{
 };
 use siprec::forked::{ForkedLeg, LegRole};
 use siprec::metadata::{self, Metadata};
-use siprec::sdp::{self, LocalSdp, NegotiatedStream, RtpMap, SessionDescription};
+use siprec::sdp::{self, CryptoOffer, LocalSdp, NegotiatedStream, RtpMap, SessionDescription, SrtpPolicy};
 use siprec::{classify_body, RecordingBody, ACCEPTED_BODIES};
 use time::OffsetDateTime;
 
@@ -716,7 +717,7 @@ impl Recorder {
         };
 
         // What to receive: negotiated streams, or our own offer (delayed offer).
-        let negotiated = sd.as_ref().map(|sd| sdp::negotiate(sd, &Self::decodable));
+        let negotiated = sd.as_ref().map(|sd| self.negotiate(sd));
         if let Some(n) = &negotiated {
             if !n.iter().any(|s| s.accepted) {
                 let why = n.iter().find_map(|s| s.rejection).unwrap_or("no acceptable media");
@@ -827,6 +828,8 @@ impl Recorder {
                     remote: None,
                     rtcp_mux: false,
                     held: false,
+                    // Our own offer is plain RTP (SDES in delayed offer: not yet).
+                    srtp: None,
                 };
                 leg_streams.push(LegStream { index: 0, id, port: ports[0], spec });
             }
@@ -859,6 +862,7 @@ impl Recorder {
                     local_port: ls.port.rtp,
                     remote: ls.spec.remote.map(|a| a.to_string()),
                     sender: None,
+                    srtp: ls.spec.srtp.as_ref().map(|k| k.suite.sdes_name().to_owned()),
                     stats: Default::default(),
                 });
             }
@@ -968,6 +972,22 @@ impl Recorder {
         id
     }
 
+    /// The offer against our codecs and SRTP policy; every accepted SRTP
+    /// stream gets a fresh key of ours for the answer.
+    fn negotiate(&self, sd: &SessionDescription) -> Vec<NegotiatedStream> {
+        let usable = |c: &CryptoOffer| {
+            SrtpSuite::from_sdes(&c.suite).and_then(|s| SrtpKey::from_inline(s, &c.key_params)).is_some()
+        };
+        let policy = SrtpPolicy { required: self.cfg.srtp_required, supported: &usable };
+        let mut negotiated = sdp::negotiate_with(sd, &Self::decodable, &policy);
+        for n in &mut negotiated {
+            if let Some(suite) = n.crypto.as_ref().and_then(|c| SrtpSuite::from_sdes(&c.suite)) {
+                n.local_crypto_key = Some(SrtpKey::random(suite).to_inline().to_string());
+            }
+        }
+        negotiated
+    }
+
     fn stream_spec(
         &mut self,
         recording: RecordingId,
@@ -987,6 +1007,7 @@ impl Recorder {
             remote: s.remote,
             rtcp_mux: s.rtcp_mux,
             held: s.held,
+            srtp: s.crypto.as_ref().and_then(|c| SrtpKey::from_inline(SrtpSuite::from_sdes(&c.suite)?, &c.key_params)),
         }
     }
 
@@ -1084,7 +1105,7 @@ impl Recorder {
 
     /// Applies a new offer to a leg's streams and returns the answer.
     fn renegotiate(&mut self, _now: Now, key: &LegKey, sd: &SessionDescription) -> Result<Vec<u8>, SipError> {
-        let negotiated = sdp::negotiate(sd, &Self::decodable);
+        let negotiated = self.negotiate(sd);
         if !negotiated.iter().any(|s| s.accepted) {
             let why = negotiated.iter().find_map(|s| s.rejection).unwrap_or("no acceptable media");
             return Err(SipError::with_reason(StatusCode::NOT_ACCEPTABLE_HERE, format!("Not Acceptable Here: {why}")));
@@ -1169,6 +1190,7 @@ impl Recorder {
                     local_port: port.rtp,
                     remote: spec.remote.map(|a| a.to_string()),
                     sender: None,
+                    srtp: spec.srtp.as_ref().map(|k| k.suite.sdes_name().to_owned()),
                     stats: Default::default(),
                 });
             }

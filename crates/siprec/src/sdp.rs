@@ -114,6 +114,46 @@ pub struct OfferedStream {
     pub rtcp: Option<(u16, Option<IpAddr>)>,
     pub rtcp_mux: bool,
     pub ptime: Option<u32>,
+    /// SDES `a=crypto` lines (RFC 4568), in the offerer's preference order.
+    pub crypto: Vec<CryptoOffer>,
+}
+
+/// One `a=crypto:<tag> <suite> <key-params>` line. The key parameters hold
+/// the offerer's master key: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CryptoOffer {
+    pub tag: u32,
+    pub suite: String,
+    pub key_params: String,
+}
+
+impl std::fmt::Debug for CryptoOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoOffer").field("tag", &self.tag).field("suite", &self.suite).finish_non_exhaustive()
+    }
+}
+
+impl CryptoOffer {
+    fn parse(value: &str) -> Option<CryptoOffer> {
+        let mut it = value.split_whitespace();
+        let tag = it.next()?.parse().ok()?;
+        let suite = it.next()?.to_owned();
+        let key_params = it.next()?.to_owned();
+        Some(CryptoOffer { tag, suite, key_params })
+    }
+}
+
+/// What SRTP the recorder takes: `supported` says whether it can use an
+/// offered crypto line (suite and key); `required` refuses plain RTP.
+#[allow(missing_debug_implementations)]
+pub struct SrtpPolicy<'a> {
+    pub required: bool,
+    pub supported: &'a dyn Fn(&CryptoOffer) -> bool,
+}
+
+impl SrtpPolicy<'_> {
+    /// No SRTP at all (what [`negotiate`] uses).
+    pub const NONE: SrtpPolicy<'static> = SrtpPolicy { required: false, supported: &|_| false };
 }
 
 impl OfferedStream {
@@ -213,6 +253,12 @@ pub fn parse(body: &[u8]) -> Result<SessionDescription, SdpError> {
             rtcp,
             rtcp_mux: attr("rtcp-mux").is_some(),
             ptime: attr("ptime").and_then(|a| a.value.as_deref()?.trim().parse().ok()),
+            crypto: m
+                .attributes
+                .iter()
+                .filter(|a| a.attribute.eq_ignore_ascii_case("crypto"))
+                .filter_map(|a| CryptoOffer::parse(a.value.as_deref()?))
+                .collect(),
         });
     }
     if streams.is_empty() {
@@ -276,6 +322,12 @@ pub struct NegotiatedStream {
     pub rtcp_mux: bool,
     pub held: bool,
     pub offer_direction: Direction,
+    /// The offered crypto line accepted (SRTP), if any.
+    pub crypto: Option<CryptoOffer>,
+    /// Our key parameters for the answer's crypto line (set by the caller
+    /// before [`build_answer`]; the recorder never sends, but RFC 4568
+    /// wants a key in every accepted line).
+    pub local_crypto_key: Option<String>,
 }
 
 impl NegotiatedStream {
@@ -292,6 +344,16 @@ impl NegotiatedStream {
 /// Decides per stream what to accept. `decodable` says whether the media
 /// engine can decode a codec.
 pub fn negotiate(offer: &SessionDescription, decodable: &dyn Fn(&RtpMap) -> bool) -> Vec<NegotiatedStream> {
+    negotiate_with(offer, decodable, &SrtpPolicy::NONE)
+}
+
+/// [`negotiate`] with an SRTP policy: an `RTP/SAVP` stream is accepted
+/// with the first offered crypto line the policy supports.
+pub fn negotiate_with(
+    offer: &SessionDescription,
+    decodable: &dyn Fn(&RtpMap) -> bool,
+    srtp: &SrtpPolicy,
+) -> Vec<NegotiatedStream> {
     offer
         .streams
         .iter()
@@ -308,15 +370,25 @@ pub fn negotiate(offer: &SessionDescription, decodable: &dyn Fn(&RtpMap) -> bool
                 rtcp_mux: s.rtcp_mux,
                 held: !s.direction.offerer_sends() || s.addr.is_some_and(|a| a.is_unspecified()),
                 offer_direction: s.direction,
+                crypto: None,
+                local_crypto_key: None,
             };
             let proto = s.proto.to_ascii_uppercase();
+            let sdes = proto.starts_with("RTP/SAVP");
+            if sdes {
+                n.crypto = s.crypto.iter().find(|c| (srtp.supported)(c)).cloned();
+            }
             if s.media != "audio" {
                 n.rejection = Some("only audio is recorded");
             } else if s.port == 0 {
                 n.rejection = Some("stream disabled by offerer");
-            } else if proto.contains("SAVP") || proto.starts_with("UDP/TLS") {
-                n.rejection = Some("SRTP is not supported");
-            } else if !proto.starts_with("RTP/AVP") {
+            } else if proto.starts_with("UDP/TLS") {
+                n.rejection = Some("DTLS-SRTP is not supported (use SDES a=crypto)");
+            } else if sdes && n.crypto.is_none() {
+                n.rejection = Some("no supported SRTP crypto suite offered");
+            } else if !sdes && srtp.required {
+                n.rejection = Some("SRTP required by policy");
+            } else if !proto.starts_with("RTP/AVP") && !sdes {
                 n.rejection = Some("unsupported transport protocol");
             } else {
                 n.codecs = s
@@ -400,7 +472,11 @@ pub fn build_answer(
         if let Some(cn) = n.comfort_noise {
             pts.push(cn.to_string());
         }
-        let mut m = media_line("audio", ports.get(i).copied().unwrap_or(0), &rtp_proto(&o.proto), pts.join(" "));
+        let proto = if n.crypto.is_some() { o.proto.clone() } else { rtp_proto(&o.proto) };
+        let mut m = media_line("audio", ports.get(i).copied().unwrap_or(0), &proto, pts.join(" "));
+        if let (Some(c), Some(key)) = (&n.crypto, &n.local_crypto_key) {
+            m.attributes.push(Attribute::with_value("crypto", format!("{} {} {key}", c.tag, c.suite)));
+        }
         for c in &n.codecs {
             m.attributes.push(Attribute::with_value("rtpmap", c.to_attr()));
         }
@@ -537,11 +613,40 @@ mod tests {
     }
 
     #[test]
-    fn srtp_and_unknown_codecs_are_rejected() {
+    fn srtp_without_a_supported_suite_and_unknown_codecs_are_rejected() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\nm=audio 4002 RTP/AVP 18\r\n";
         let neg = negotiate(&parse(offer.as_bytes()).unwrap(), &g711);
-        assert_eq!(neg[0].rejection, Some("SRTP is not supported"));
+        assert_eq!(neg[0].rejection, Some("no supported SRTP crypto suite offered"));
         assert_eq!(neg[1].rejection, Some("no decodable codec offered"));
+    }
+
+    #[test]
+    fn sdes_offers_take_the_first_supported_crypto_line_and_answer_with_ours() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+            m=audio 4000 RTP/SAVP 0\r\n\
+            a=crypto:1 F8_128_HMAC_SHA1_80 inline:AAAA\r\n\
+            a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:SECRETKEYSECRETKEYSECRETKEYSECRETKEY1234\r\n\
+            m=audio 4002 RTP/AVP 0\r\n";
+        let sd = parse(offer.as_bytes()).unwrap();
+        assert_eq!(sd.streams[0].crypto.len(), 2);
+        assert!(!format!("{sd:?}").contains("SECRETKEY"), "key parameters are never printed");
+        let supported = |c: &CryptoOffer| c.suite.starts_with("AES_CM");
+        let policy = SrtpPolicy { required: true, supported: &supported };
+        let mut neg = negotiate_with(&sd, &g711, &policy);
+        assert_eq!(neg[0].crypto.as_ref().map(|c| c.tag), Some(2));
+        assert!(neg[0].accepted);
+        assert_eq!(neg[1].rejection, Some("SRTP required by policy"));
+        neg[0].local_crypto_key = Some("inline:OURKEY".into());
+        let answer = String::from_utf8(build_answer(
+            &sd,
+            &neg,
+            &[30000, 30002],
+            &LocalSdp { addr: "10.0.0.2".parse().unwrap(), session_id: 1, version: 1 },
+        ))
+        .unwrap();
+        assert!(answer.contains("m=audio 30000 RTP/SAVP 0"), "{answer}");
+        assert!(answer.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:OURKEY"), "{answer}");
+        assert!(!answer.contains("SECRETKEY"), "the offerer's key is not echoed");
     }
 
     #[test]

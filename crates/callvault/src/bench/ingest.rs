@@ -111,6 +111,7 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
             dtmf: None,
             delay_step: None,
             stray_ssrc: false,
+            srtp: None,
         })
         .collect();
     pacer.play(u64::MAX, plans);

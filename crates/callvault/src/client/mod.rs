@@ -91,6 +91,14 @@ pub struct CallArgs {
     /// from the same socket: the recorded audio must not change.
     #[arg(long)]
     pub stray_ssrc_b: bool,
+    /// Offer SRTP (RTP/SAVP with an SDES `a=crypto` key) with this suite,
+    /// e.g. AES_CM_128_HMAC_SHA1_80, AEAD_AES_256_GCM; media is encrypted.
+    #[arg(long)]
+    pub srtp: Option<String>,
+    /// With `--srtp`: encrypt with a different key than the one offered
+    /// (the recorder must drop every packet).
+    #[arg(long)]
+    pub srtp_wrong_key: bool,
     #[arg(long, default_value = "+15550100")]
     pub caller: String,
     #[arg(long, default_value = "+15550199")]
@@ -172,6 +180,10 @@ struct Shared {
     source_a: Source,
     source_b: Source,
     codec: Codec,
+    /// The SRTP key offered in `a=crypto`, and the one media is sent with
+    /// (another one with `--srtp-wrong-key`).
+    srtp_offer: Option<rtp_core::srtp::SrtpKey>,
+    srtp_send: Option<rtp_core::srtp::SrtpKey>,
 }
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
@@ -223,7 +235,20 @@ pub async fn place_calls(args: CallArgs) -> anyhow::Result<Summary> {
             None => Source::Tone(tone),
         })
     };
+    let suite = match &args.srtp {
+        Some(name) => {
+            Some(rtp_core::srtp::SrtpSuite::from_sdes(name).with_context(|| format!("unknown SRTP suite {name}"))?)
+        }
+        None => None,
+    };
+    let srtp_offer = suite.map(rtp_core::srtp::SrtpKey::random);
+    let srtp_send = match suite {
+        Some(s) if args.srtp_wrong_key => Some(rtp_core::srtp::SrtpKey::random(s)),
+        _ => srtp_offer.clone(),
+    };
     let shared = Arc::new(Shared {
+        srtp_offer,
+        srtp_send,
         source_a: load(&args.wav_a, args.tone_a)?,
         source_b: load(&args.wav_b, args.tone_b)?,
         codec: match args.codec {
@@ -299,11 +324,15 @@ fn offer_sdp(sh: &Shared, count: usize, labels: bool) -> Vec<u8> {
         "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
         fastrand::u32(..)
     );
+    let proto = if sh.srtp_offer.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
     for i in 0..count {
         s.push_str(&format!(
-            "m=audio {port} RTP/AVP {pref} {other} 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+            "m=audio {port} {proto} {pref} {other} 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
         ));
+        if let Some(key) = &sh.srtp_offer {
+            s.push_str(&format!("a=crypto:1 {} {}\r\n", key.suite.sdes_name(), &*key.to_inline()));
+        }
         if labels {
             s.push_str(&format!("a=label:{}\r\n", i + 1));
         }
@@ -400,6 +429,7 @@ fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, stream_a: bool) -
             .filter(|_| stream_a)
             .map(|ms| (Duration::from_secs_f64(sh.args.delay_step_at), Duration::from_millis(ms))),
         stray_ssrc: !stream_a && sh.args.stray_ssrc_b,
+        srtp: sh.srtp_send.clone(),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct StreamPlan {
     /// After each audio packet, one of another SSRC (noise, far-off
     /// sequence numbers) from the same socket: a stray stream.
     pub stray_ssrc: bool,
+    /// Encrypt RTP and RTCP with this key (SRTP).
+    pub srtp: Option<rtp_core::srtp::SrtpKey>,
 }
 
 /// What a finished stream sent.
@@ -81,6 +83,7 @@ struct Live {
     slot: u32,
     /// Ticks since the stream started, sent or not.
     ticks: u32,
+    srtp: Option<rtp_core::srtp::SrtpSender>,
 }
 
 impl Pacer {
@@ -126,6 +129,7 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                     let live = plans
                         .into_iter()
                         .map(|plan| Live {
+                            srtp: plan.srtp.as_ref().map(rtp_core::srtp::SrtpSender::new),
                             tone: match plan.source {
                                 Source::Tone(f) => Some(Tone::new(f, 8000, 10000)),
                                 Source::Samples(_) => None,
@@ -207,6 +211,7 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                     push_rtp(
                         &mut batch,
                         &sock,
+                        live.srtp.as_mut(),
                         live.plan.dest,
                         live.plan.telephone_event_pt,
                         within == 0,
@@ -221,13 +226,35 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                 live.sent.dropped += 1;
             } else {
                 live.plan.codec.encode(&pcm, &mut payload);
-                push_rtp(&mut batch, &sock, live.plan.dest, live.plan.pt, false, seq, live.ts, live.ssrc, &payload);
+                push_rtp(
+                    &mut batch,
+                    &sock,
+                    live.srtp.as_mut(),
+                    live.plan.dest,
+                    live.plan.pt,
+                    false,
+                    seq,
+                    live.ts,
+                    live.ssrc,
+                    &payload,
+                );
                 live.sent.packets += 1;
                 if live.plan.stray_ssrc {
                     let noise: Vec<u8> = (0..payload.len()).map(|_| fastrand::u8(..)).collect();
                     let (stray_seq, stray_ts) = (seq.wrapping_add(20_000), live.ts.wrapping_add(3_000_000));
                     let ssrc = live.ssrc ^ 0x5a5a_5a5a;
-                    push_rtp(&mut batch, &sock, live.plan.dest, live.plan.pt, false, stray_seq, stray_ts, ssrc, &noise);
+                    push_rtp(
+                        &mut batch,
+                        &sock,
+                        None,
+                        live.plan.dest,
+                        live.plan.pt,
+                        false,
+                        stray_seq,
+                        stray_ts,
+                        ssrc,
+                        &noise,
+                    );
                 }
                 live.octets = live.octets.wrapping_add(payload.len() as u32);
             }
@@ -236,7 +263,14 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                 if now >= live.next_sr {
                     let sr =
                         rtp_core::rtcp::sender_report(live.ssrc, 0, live.ts, live.sent.packets as u32, live.octets);
-                    batch_push(&mut batch, &sock, rtcp, &sr);
+                    match live.srtp.as_mut() {
+                        None => batch_push(&mut batch, &sock, rtcp, &sr),
+                        Some(tx) => {
+                            if let Some(protected) = tx.rtcp(&sr) {
+                                batch_push(&mut batch, &sock, rtcp, &protected);
+                            }
+                        }
+                    }
                     live.next_sr = now + Duration::from_secs(5);
                 }
             }
@@ -267,6 +301,7 @@ fn batch_push(batch: &mut SendBatch, sock: &UdpSocket, dest: SocketAddr, data: &
 fn push_rtp(
     batch: &mut SendBatch,
     sock: &UdpSocket,
+    srtp: Option<&mut rtp_core::srtp::SrtpSender>,
     dest: SocketAddr,
     pt: u8,
     marker: bool,
@@ -275,20 +310,27 @@ fn push_rtp(
     ssrc: u32,
     payload: &[u8],
 ) {
-    if batch.is_full() {
-        let _ = batch.send(sock.as_raw_fd());
+    let packet = rtp_types::RtpPacketBuilder::new()
+        .payload_type(pt)
+        .marker_bit(marker)
+        .sequence_number(seq)
+        .timestamp(ts)
+        .ssrc(ssrc)
+        .payload(payload);
+    match srtp {
+        None => {
+            if batch.is_full() {
+                let _ = batch.send(sock.as_raw_fd());
+            }
+            batch.push(dest, |buf| packet.write_into(buf).unwrap_or(0));
+        }
+        Some(tx) => {
+            let Ok(plain) = packet.write_vec() else { return };
+            if let Some(protected) = tx.rtp(&plain) {
+                batch_push(batch, sock, dest, &protected);
+            }
+        }
     }
-    batch.push(dest, |buf| {
-        rtp_types::RtpPacketBuilder::new()
-            .payload_type(pt)
-            .marker_bit(marker)
-            .sequence_number(seq)
-            .timestamp(ts)
-            .ssrc(ssrc)
-            .payload(payload)
-            .write_into(buf)
-            .unwrap_or(0)
-    });
 }
 
 fn digit_code(c: char) -> Option<(char, u8)> {

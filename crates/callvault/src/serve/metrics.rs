@@ -377,6 +377,12 @@ impl Collector for StatusCollector {
         )?;
         counter(
             &mut enc,
+            "callvault_srtp_auth_failures",
+            "SRTP/SRTCP packets that failed authentication (dropped, never written)",
+            m.srtp_auth_failures,
+        )?;
+        counter(
+            &mut enc,
             "callvault_rtp_unknown_payload_packets",
             "RTP with a payload type not negotiated",
             m.unknown_payload,

@@ -259,6 +259,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     let mut rcfg = RecorderConfig::new(node.clone());
     rcfg.allowed_sources = cfg.sip.allowed_sources.to_vec();
     rcfg.max_calls = cfg.sip.max_calls;
+    rcfg.srtp_required = cfg.media.srtp == crate::config::SrtpMode::Require;
     rcfg.advertised_ip = cfg.sip.advertised_address;
     rcfg.fallback_ip = fallback_ip(&cfg);
     rcfg.sip_udp = udp_addr;

@@ -278,3 +278,41 @@ fn stray_ssrc_packets_from_the_streams_own_address_leave_the_tone_intact() {
     wav.assert_tone(0, 440.0, 1000.0, 200, 2800);
     assert!(node.metric("callvault_rtp_foreign_ssrc_packets_total") >= 140.0);
 }
+
+/// SRTP with SDES keys (issue 8): each suite records the tones; a sender
+/// using another key than it offered has every packet dropped and counted,
+/// nothing written; the key is in neither the log nor the metadata; with
+/// `media.srtp = "require"` a plain offer gets 488.
+#[test]
+fn srtp_calls_record_every_suite_and_wrong_keys_are_dropped_and_counted() {
+    let node = Node::start("srtp");
+    for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM"] {
+        let s = call(node.sip_udp, &["--duration", "2", "--tone-a", "440", "--tone-b", "1000", "--srtp", suite]);
+        established(&s);
+        let rec = node.finished(&call_id(&s, 0));
+        assert_eq!(rec["streams"][0]["srtp"], suite, "{rec:#}");
+        assert_eq!(rec["streams"][0]["stats"]["srtp_auth_failures"], 0);
+        let wav = node.audio(&rec);
+        wav.assert_tone(0, 440.0, 1000.0, 200, 1800);
+        wav.assert_tone(1, 1000.0, 440.0, 200, 1800);
+    }
+    let s = call(node.sip_udp, &["--duration", "2", "--srtp", "AES_CM_128_HMAC_SHA1_80", "--srtp-wrong-key"]);
+    established(&s);
+    let rec = node.finished(&call_id(&s, 0));
+    let st = &rec["streams"][0]["stats"];
+    assert!(st["srtp_auth_failures"].as_u64().unwrap() >= 90, "{st}");
+    assert_eq!(st["packets"], 0, "nothing was accepted: {st}");
+    assert!(node.metric("callvault_srtp_auth_failures_total") >= 180.0);
+    // No key material anywhere the operator can see.
+    let log = node.log();
+    let meta = serde_json::to_string(&node.recordings("?limit=100")).unwrap();
+    for text in [&log, &meta] {
+        assert!(!text.contains("inline:"), "a key leaked");
+    }
+
+    let strict = Node::start_with("srtp-required", &[("CALLVAULT_MEDIA__SRTP", "require")]);
+    let s = call(strict.sip_udp, &["--duration", "1"]);
+    assert_eq!(s["calls"][0]["status"], 488, "{s:#}");
+    let s = call(strict.sip_udp, &["--duration", "1", "--srtp", "AEAD_AES_128_GCM"]);
+    established(&s);
+}
