@@ -105,3 +105,32 @@ pub fn rtp_stream(data: &[u8]) {
     while r.pop_any().is_some() {}
     assert!(r.stats.lost <= r.stats.expected);
 }
+
+/// Input: a suite selector byte, then datagrams each prefixed by a one-byte
+/// length. Each datagram is unprotected as SRTP and as SRTCP under a fixed
+/// key (garbage must be refused, never panic), and protected then
+/// unprotected again (must round-trip).
+pub fn srtp_unprotect(data: &[u8]) {
+    use base64::Engine as _;
+    use rtp_core::srtp::{SrtpKey, SrtpReceiver, SrtpSender, SrtpSuite};
+    let Some((&selector, mut rest)) = data.split_first() else { return };
+    let suite = SrtpSuite::ALL[selector as usize % SrtpSuite::ALL.len()];
+    let len = match suite {
+        SrtpSuite::AeadAes128Gcm => 28,
+        SrtpSuite::AeadAes256Gcm => 44,
+        _ => 30,
+    };
+    let material: Vec<u8> = (0..len as u8).collect();
+    let inline = format!("inline:{}", base64::engine::general_purpose::STANDARD.encode(&material));
+    let key = SrtpKey::from_inline(suite, &inline).expect("a valid fixed key");
+    let (mut rx, mut tx, mut check) = (SrtpReceiver::new(&key), SrtpSender::new(&key), SrtpReceiver::new(&key));
+    while let Some((&n, tail)) = rest.split_first() {
+        let pkt = &tail[..(n as usize).min(tail.len())];
+        rest = &tail[pkt.len()..];
+        let _ = rx.rtp(pkt);
+        let _ = rx.rtcp(pkt);
+        if let Some(protected) = tx.rtp(pkt) {
+            assert_eq!(check.rtp(&protected).as_deref(), Ok(pkt), "SRTP round trip");
+        }
+    }
+}

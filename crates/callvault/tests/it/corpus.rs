@@ -28,4 +28,5 @@ fn fuzz_corpus_replays_cleanly() {
     assert!(replay("rs_metadata", fuzz_harness::rs_metadata) >= 5);
     assert!(replay("recording_body", fuzz_harness::recording_body) >= 5);
     assert!(replay("rtp_stream", fuzz_harness::rtp_stream) >= 1);
+    assert!(replay("srtp_unprotect", fuzz_harness::srtp_unprotect) >= 4);
 }
