@@ -96,6 +96,14 @@ pub struct SipConfig {
     pub udp: String,
     /// TCP listen address; empty disables TCP.
     pub tcp: String,
+    /// SIP over TLS listen address (e.g. `0.0.0.0:5061`); empty disables it.
+    pub tls: String,
+    /// Certificate chain and private key (PEM) for SIP over TLS; reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// With a CA file (PEM), every SIP TLS client must present a
+    /// certificate it signed (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
     /// Address written into SDP and Contact (defaults to the address the
     /// request was sent to, or the listen address).
     pub advertised_address: Option<IpAddr>,
@@ -217,6 +225,10 @@ impl Default for SipConfig {
         SipConfig {
             udp: "0.0.0.0:5060".into(),
             tcp: "0.0.0.0:5060".into(),
+            tls: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             advertised_address: None,
             allowed_sources: Vec::new(),
             max_calls: 0,
@@ -437,7 +449,15 @@ impl Config {
         if self.sip.udp.is_empty() && self.sip.tcp.is_empty() {
             anyhow::bail!("at least one of sip.udp and sip.tcp must be set");
         }
-        for (name, v) in [("sip.udp", &self.sip.udp), ("sip.tcp", &self.sip.tcp), ("http.listen", &self.http.listen)] {
+        if !self.sip.tls.is_empty() && (self.sip.tls_cert.is_none() || self.sip.tls_key.is_none()) {
+            anyhow::bail!("sip.tls needs sip.tls_cert and sip.tls_key");
+        }
+        for (name, v) in [
+            ("sip.udp", &self.sip.udp),
+            ("sip.tcp", &self.sip.tcp),
+            ("sip.tls", &self.sip.tls),
+            ("http.listen", &self.http.listen),
+        ] {
             if !v.is_empty() && v.parse::<SocketAddr>().is_err() {
                 anyhow::bail!("{name} = {v:?} is not an address:port");
             }

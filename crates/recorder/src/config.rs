@@ -24,6 +24,7 @@ pub struct RecorderConfig {
     /// Local SIP addresses per transport, for Contact and Via.
     pub sip_udp: Option<SocketAddr>,
     pub sip_tcp: Option<SocketAddr>,
+    pub sip_tls: Option<SocketAddr>,
     /// Retry-After seconds on 503.
     pub retry_after_secs: u32,
     /// Smallest Session-Expires accepted (RFC 4028 Min-SE).
@@ -53,6 +54,7 @@ impl RecorderConfig {
             fallback_ip: IpAddr::from([127, 0, 0, 1]),
             sip_udp: None,
             sip_tcp: None,
+            sip_tls: None,
             retry_after_secs: 60,
             min_session_expires: 90,
             timers: TimerConfig::default(),

@@ -551,12 +551,19 @@ impl Recorder {
             .unwrap_or(self.cfg.fallback_ip)
     }
 
-    fn contact(&self, ip: IpAddr, transport: Transport, siprec: bool) -> String {
-        let port = match transport {
-            Transport::Udp => self.cfg.sip_udp.map(|a| a.port()),
-            _ => self.cfg.sip_tcp.map(|a| a.port()),
+    /// The port we listen on for `transport` (its default when unknown).
+    fn listen_port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.cfg.sip_udp,
+            Transport::Tcp => self.cfg.sip_tcp,
+            Transport::Tls => self.cfg.sip_tls,
         }
-        .unwrap_or(5060);
+        .map(|a| a.port())
+        .unwrap_or(transport.default_port())
+    }
+
+    fn contact(&self, ip: IpAddr, transport: Transport, siprec: bool) -> String {
+        let port = self.listen_port(transport);
         let host = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
         let t = transport.as_str().to_ascii_lowercase();
         let feature = if siprec { ";+sip.srs" } else { "" };
@@ -1372,10 +1379,7 @@ impl Recorder {
 
     fn send_bye(&mut self, now: Now, leg: &Leg) {
         let mut bye = Request::new(Method::Bye, leg.remote_target.clone());
-        let (host, port) = match leg.peer.transport {
-            Transport::Udp => (leg.local_ip, self.cfg.sip_udp.map(|a| a.port()).unwrap_or(5060)),
-            _ => (leg.local_ip, self.cfg.sip_tcp.map(|a| a.port()).unwrap_or(5060)),
-        };
+        let (host, port) = (leg.local_ip, self.listen_port(leg.peer.transport));
         let host = if host.is_ipv6() { format!("[{host}]") } else { host.to_string() };
         let branch = self.endpoint.new_branch();
         bye.headers.push("Via", format!("SIP/2.0/{} {host}:{port};branch={branch};rport", leg.peer.transport.as_str()));

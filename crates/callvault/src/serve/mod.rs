@@ -21,6 +21,7 @@ mod memory;
 pub mod metrics;
 pub mod persist;
 mod systemd;
+pub mod tls;
 pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -228,8 +229,17 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         "" => None,
         a => Some(TcpListener::bind(a).await.with_context(|| format!("binding SIP TCP {a}"))?),
     };
+    let tls = match cfg.sip.tls.as_str() {
+        "" => None,
+        a => {
+            let listener = TcpListener::bind(a).await.with_context(|| format!("binding SIP TLS {a}"))?;
+            Some((listener, tls::ServerTls::new(sip_tls_acceptor(&cfg)?)))
+        }
+    };
+    let sip_tls = tls.as_ref().map(|(_, t)| t.clone());
     let udp_addr = udp.as_ref().map(|s| s.local_addr()).transpose()?;
     let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+    let tls_addr = tls.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
     let tcp_limits = transport::TcpLimits {
         max_total: if cfg.sip.max_tcp_connections > 0 {
             cfg.sip.max_tcp_connections
@@ -254,6 +264,9 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     if let Some(l) = tcp {
         tokio::spawn(transports.clone().run_tcp(l));
     }
+    if let Some((l, server_tls)) = tls {
+        tokio::spawn(transports.clone().run_tls(l, server_tls));
+    }
 
     // The recorder core.
     let mut rcfg = RecorderConfig::new(node.clone());
@@ -264,6 +277,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     rcfg.fallback_ip = fallback_ip(&cfg);
     rcfg.sip_udp = udp_addr;
     rcfg.sip_tcp = tcp_addr;
+    rcfg.sip_tls = tls_addr;
     rcfg.retry_after_secs = cfg.sip.retry_after_secs;
     rcfg.min_session_expires = cfg.sip.min_session_expires_secs;
     rcfg.timers = TimerConfig { t1: Duration::from_millis(cfg.sip.t1_ms.max(1)), ..TimerConfig::default() };
@@ -374,6 +388,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         "pid": std::process::id(),
         "sip_udp": udp_addr.map(|a| a.to_string()),
         "sip_tcp": tcp_addr.map(|a| a.to_string()),
+        "sip_tls": tls_addr.map(|a| a.to_string()),
         "http": http_addr.map(|a| a.to_string()),
         "cluster": cluster.as_ref().map(|s| s.cluster.url.clone()),
         "cluster_listen": cluster.as_ref().map(|s| s.addr.to_string()),
@@ -389,6 +404,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         let admin = admin_tx.clone();
         let running = cfg.clone();
         let cluster = cluster.as_ref().map(|s| s.cluster.clone());
+        let sip_tls = sip_tls.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             let mut running = running;
@@ -397,6 +413,18 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
                 match apply_reload(&reload, &running, &admin).await {
                     Ok(next) => {
                         running = next;
+                        if let Some(server) = &sip_tls {
+                            match sip_tls_acceptor(&running) {
+                                Ok(acceptor) => {
+                                    server.replace(acceptor);
+                                    tracing::info!("SIP TLS certificate and key reloaded");
+                                }
+                                Err(e) => tracing::error!(
+                                    error = %format!("{e:#}"),
+                                    "SIP TLS reload refused; the running certificate stays"
+                                ),
+                            }
+                        }
                         match cluster.as_ref().map(|c| c.reload_tls()) {
                             Some(Ok(true)) => tracing::info!("cluster TLS certificate, key and CA reloaded"),
                             Some(Err(e)) => tracing::error!(
@@ -425,6 +453,14 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(dir.root().join("listen.json"));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The SIP TLS server settings from the configured files.
+fn sip_tls_acceptor(cfg: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
+        anyhow::bail!("sip.tls needs sip.tls_cert and sip.tls_key");
+    };
+    tls::server_config(cert, key, cfg.sip.tls_client_ca.as_deref(), &[])
 }
 
 /// Raises the soft open-files limit to the hard one (each recorded stream

@@ -135,6 +135,10 @@ impl Transports {
                 let live = t.peer.conn.and_then(|c| self.conns.lock().expect("conns lock").get(&c).cloned());
                 match live {
                     Some(tx) if tx.send(t.data.clone()).is_ok() => {}
+                    _ if t.peer.transport == Transport::Tls => {
+                        // No client TLS identity to open one with: the peer reconnects.
+                        tracing::warn!(dest = %t.dest, "SIP TLS connection gone before its message could be sent");
+                    }
                     _ => {
                         // The connection is gone (RFC 3261 §18.1.1: open a new one).
                         let this = self.clone();
@@ -207,6 +211,50 @@ impl Transports {
         }
     }
 
+    /// Accepts SIP over TLS forever, under the same caps as TCP: the
+    /// handshake runs in its own task (10 s at most), then the connection
+    /// is a SIP connection like any other; answers and in-dialog requests
+    /// go back over it.
+    pub async fn run_tls(self, listener: TcpListener, tls: super::tls::ServerTls) {
+        loop {
+            let (stream, from) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                        self.stats.accept_no_descriptors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %e, "SIP TLS accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if let Err(cap) = self.admit(from.ip()) {
+                tracing::debug!(peer = %from, cap, "SIP TLS connection refused: connection cap reached");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            self.stats.open.fetch_add(1, Ordering::Relaxed);
+            let (this, acceptor) = (self.clone(), tls.current());
+            tokio::spawn(async move {
+                let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                match handshake {
+                    Ok(Ok(tls_stream)) => {
+                        this.adopt_stream(tls_stream, from, Transport::Tls, Some(from.ip()));
+                    }
+                    outcome => {
+                        let why = match outcome {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_owned(),
+                        };
+                        tracing::warn!(peer = %from, error = %why, "refused a SIP TLS connection: handshake failed");
+                        this.stats.open.fetch_sub(1, Ordering::Relaxed);
+                        this.release(from.ip());
+                    }
+                }
+            });
+        }
+    }
+
     /// An accepted connection that holds a place under the caps.
     fn adopt_counted(&self, stream: TcpStream, ip: std::net::IpAddr) -> ConnId {
         self.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -222,12 +270,26 @@ impl Transports {
     /// Registers a connection and starts its reader and writer; `counted`
     /// is the source whose per-source place it holds.
     fn adopt_with(&self, stream: TcpStream, counted: Option<std::net::IpAddr>) -> ConnId {
-        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
         let peer_addr = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let peer = Peer { transport: Transport::Tcp, addr: peer_addr, conn: Some(id) };
+        self.adopt_stream(stream, peer_addr, Transport::Tcp, counted)
+    }
+
+    /// Any byte stream (TCP, TLS over TCP) as a SIP connection.
+    fn adopt_stream<S>(
+        &self,
+        stream: S,
+        peer_addr: SocketAddr,
+        transport: Transport,
+        counted: Option<std::net::IpAddr>,
+    ) -> ConnId
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
+        let peer = Peer { transport, addr: peer_addr, conn: Some(id) };
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         self.conns.lock().expect("conns lock").insert(id, tx.clone());
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
                 if writer.write_all(&data).await.is_err() {

@@ -496,7 +496,7 @@ fn a_wrong_secret_is_refused_a_lying_peer_is_rejected_and_scrub_repairs_a_flippe
 }
 
 /// A CA and certificates for loopback nodes, made with the openssl CLI.
-fn make_pki(dir: &std::path::Path, names: &[&str]) {
+pub(crate) fn make_pki(dir: &std::path::Path, names: &[&str]) {
     let run = |args: &[&str]| {
         let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));

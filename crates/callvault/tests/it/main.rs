@@ -13,4 +13,5 @@ mod failures;
 mod harness;
 mod operations;
 mod proxy;
+mod sip_tls;
 mod sipp;

@@ -11,79 +11,24 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClusterConfig;
 
-fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("reading certificates from {}", path.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("certificates in {}", path.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("no certificate in {}", path.display());
-    }
-    Ok(certs)
-}
-
-fn key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path).with_context(|| format!("reading the private key from {}", path.display()))
-}
-
-fn roots(path: &Path) -> anyhow::Result<RootCertStore> {
-    let mut store = RootCertStore::empty();
-    for c in certs(path)? {
-        store.add(c).with_context(|| format!("CA certificate in {}", path.display()))?;
-    }
-    Ok(store)
-}
-
-/// The server side's TLS settings, replaced whole by a reload: connections
-/// accepted from then on use the new certificate; open ones keep theirs.
-#[derive(Clone)]
-pub struct ServerTls(Arc<std::sync::RwLock<TlsAcceptor>>);
-
-impl ServerTls {
-    pub fn new(acceptor: TlsAcceptor) -> ServerTls {
-        ServerTls(Arc::new(std::sync::RwLock::new(acceptor)))
-    }
-
-    fn current(&self) -> TlsAcceptor {
-        self.0.read().expect("acceptor lock").clone()
-    }
-
-    pub fn replace(&self, acceptor: TlsAcceptor) {
-        *self.0.write().expect("acceptor lock") = acceptor;
-    }
-}
+pub use crate::serve::tls::ServerTls;
 
 /// The server side, when the configuration asks for TLS.
 pub fn acceptor(cfg: &ClusterConfig) -> anyhow::Result<Option<TlsAcceptor>> {
     let (Some(cert), Some(key_path), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) else { return Ok(None) };
-    let builder = rustls::ServerConfig::builder();
-    let builder = if cfg.tls_client_auth {
-        let verifier =
-            WebPkiClientVerifier::builder(Arc::new(roots(ca)?)).build().context("client certificate verifier")?;
-        builder.with_client_cert_verifier(verifier)
-    } else {
-        builder.with_no_client_auth()
-    };
-    let mut config =
-        builder.with_single_cert(certs(cert)?, key(key_path)?).context("the cluster TLS certificate and key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+    let client_ca = cfg.tls_client_auth.then_some(ca.as_path());
+    crate::serve::tls::server_config(cert, key_path, client_ca, &[b"http/1.1"]).map(Some)
 }
 
 /// The client side: trust only the cluster CA; present our certificate
