@@ -7,8 +7,11 @@
 //! - [`replication`]: replication throughput against a plain copy, time
 //!   from call end to verified copy under load, bytes per outbox item,
 //!   anti-entropy cost.
+//! - [`media`]: CPU per packet of the media path for each stream kind
+//!   (plain G.711, each SRTP suite) against plain G.711 and a parse floor.
 
 mod ingest;
+mod media;
 mod replication;
 mod soak;
 
@@ -43,6 +46,8 @@ pub enum BenchMode {
     Soak(SoakArgs),
     /// Replication throughput and lag, outbox size, anti-entropy cost
     Replication(ReplicationArgs),
+    /// CPU per packet of the media path per stream kind (G.711, SRTP suites)
+    Media(media::MediaArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -51,6 +56,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Ingest(a)) => ingest::run(a),
         Some(BenchMode::Soak(a)) => soak::run(a),
         Some(BenchMode::Replication(a)) => replication::run(a),
+        Some(BenchMode::Media(a)) => media::run(a),
     }
 }
 
