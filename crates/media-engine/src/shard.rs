@@ -45,6 +45,21 @@ pub struct ShardConfig {
     pub spare_buffers: usize,
 }
 
+impl Default for ShardConfig {
+    /// The engine's defaults ([`crate::EngineConfig::new`]).
+    fn default() -> Self {
+        ShardConfig {
+            playout_delay: Duration::from_millis(200),
+            commit_interval: Duration::from_millis(200),
+            window: Duration::from_millis(1500),
+            media_timeout: Duration::from_secs(30),
+            no_rtp_alarm: Duration::from_secs(10),
+            receiver: ReceiverConfig::default(),
+            spare_buffers: 256,
+        }
+    }
+}
+
 /// Something for the driver to do.
 #[derive(Debug)]
 pub enum ShardOutput {
@@ -656,15 +671,7 @@ mod tests {
     use time::OffsetDateTime;
 
     fn config(spare: usize) -> ShardConfig {
-        ShardConfig {
-            playout_delay: Duration::from_millis(200),
-            commit_interval: Duration::from_millis(200),
-            window: Duration::from_millis(1500),
-            media_timeout: Duration::from_secs(30),
-            no_rtp_alarm: Duration::from_secs(10),
-            receiver: ReceiverConfig::default(),
-            spare_buffers: spare,
-        }
+        ShardConfig { spare_buffers: spare, ..Default::default() }
     }
 
     fn spec(id: u64, recording: RecordingId, port: u16, channel: u8) -> StreamSpec {
@@ -702,9 +709,9 @@ mod tests {
 
     /// A second of two 20 ms streams on virtual time lands as a second of
     /// stereo audio, with every packet counted, and nothing stays behind.
-    #[test]
-    fn a_call_on_virtual_time_is_written_whole_and_forgotten() {
-        let t0 = Instant::now();
+    /// A shard with one stereo recording of two streams (ports 30000 and
+    /// 30002) started at `t0`: the shard, the recording, the two slots.
+    fn stereo_call(t0: Instant) -> (Shard, RecordingId, usize, usize) {
         let mut shard = Shard::new(config(4));
         let id = RecordingId::new(OffsetDateTime::now_utc());
         let start = MediaCommand::Start {
@@ -716,6 +723,13 @@ mod tests {
         shard.command(t0, start);
         let a = shard.add_stream(t0, spec(1, id, 30000, 0)).unwrap();
         let b = shard.add_stream(t0, spec(2, id, 30002, 1)).unwrap();
+        (shard, id, a, b)
+    }
+
+    #[test]
+    fn a_call_on_virtual_time_is_written_whole_and_forgotten() {
+        let t0 = Instant::now();
+        let (mut shard, id, a, b) = stereo_call(t0);
         assert_ne!(a, b);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut bytes = 0usize;
@@ -798,17 +812,7 @@ mod tests {
     #[test]
     fn a_stream_without_rtp_is_reported_once_on_virtual_time() {
         let t0 = Instant::now();
-        let mut shard = Shard::new(config(4));
-        let id = RecordingId::new(OffsetDateTime::now_utc());
-        let start = MediaCommand::Start {
-            recording: id,
-            sample_rate: 8000,
-            channels: 2,
-            started_at: OffsetDateTime::now_utc(),
-        };
-        shard.command(t0, start);
-        let a = shard.add_stream(t0, spec(1, id, 30000, 0)).unwrap();
-        shard.add_stream(t0, spec(2, id, 30002, 1)).unwrap();
+        let (mut shard, id, a, _) = stereo_call(t0);
         let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut reports = Vec::new();
         for i in 0..1000u32 {

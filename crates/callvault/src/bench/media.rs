@@ -14,7 +14,6 @@ use media_engine::{Shard, ShardConfig, ShardOutput};
 use model::RecordingId;
 use recorder::{MediaCommand, MediaPort, StreamId, StreamSpec};
 use rtp_core::srtp::{SrtpKey, SrtpSender, SrtpSuite};
-use rtp_core::ReceiverConfig;
 use time::OffsetDateTime;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -67,13 +66,9 @@ fn packets(streams: usize, count: u16, srtp: Option<&SrtpKey>) -> Vec<Vec<Vec<u8
 fn through_shard(all: &[Vec<Vec<u8>>], key: Option<&SrtpKey>) -> f64 {
     let t0 = Instant::now();
     let mut shard = Shard::new(ShardConfig {
-        playout_delay: Duration::from_millis(200),
-        commit_interval: Duration::from_millis(200),
-        window: Duration::from_millis(1500),
         media_timeout: Duration::from_secs(3600),
         no_rtp_alarm: Duration::from_secs(3600),
-        receiver: ReceiverConfig::default(),
-        spare_buffers: 256,
+        ..Default::default()
     });
     let from: SocketAddr = "127.0.0.1:4000".parse().expect("address");
     let mut slots = Vec::new();

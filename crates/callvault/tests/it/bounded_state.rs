@@ -19,7 +19,6 @@ use model::{NodeId, RecordingId, RecordingState};
 use proptest::prelude::*;
 use recorder::reasons::EndCause;
 use recorder::{MediaCommand, MediaNotice, MediaPort, NoPort, Now, Output, PortAllocator, Recorder, RecorderConfig};
-use rtp_core::ReceiverConfig;
 use sip_proto::{parse, HeaderAccess, Message, Peer, Response, StatusCode};
 use time::OffsetDateTime;
 
@@ -153,15 +152,7 @@ impl Sim {
         cfg.sip_udp = Some("127.0.0.1:5060".parse().unwrap());
         let ports = TrackedPorts::default();
         let rec = Recorder::new(cfg, Box::new(ports.clone()));
-        let shard = Shard::new(ShardConfig {
-            playout_delay: Duration::from_millis(200),
-            commit_interval: Duration::from_millis(200),
-            window: Duration::from_millis(1500),
-            media_timeout: Duration::from_secs(30),
-            no_rtp_alarm: Duration::from_secs(10),
-            receiver: ReceiverConfig::default(),
-            spare_buffers: SPARE_BUFFERS,
-        });
+        let shard = Shard::new(ShardConfig { spare_buffers: SPARE_BUFFERS, ..Default::default() });
         Sim {
             rec,
             shard,
