@@ -450,6 +450,7 @@ async fn cluster_figures(c: &Arc<Cluster>) -> metrics::ClusterFigures {
         rejected_copies: k.rejected_copies.load(Relaxed),
         anti_entropy_rounds: k.anti_entropy_rounds.load(Relaxed),
         anti_entropy_pulled: k.anti_entropy_pulled.load(Relaxed),
+        pull_throttled_ms: k.pull_throttled_ms.load(Relaxed),
         scrub_checked: k.scrub_checked.load(Relaxed),
         scrub_corrupt: k.scrub_corrupt.load(Relaxed),
         scrub_repaired: k.scrub_repaired.load(Relaxed),

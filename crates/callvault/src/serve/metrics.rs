@@ -54,6 +54,7 @@ pub struct ClusterFigures {
     pub rejected_copies: u64,
     pub anti_entropy_rounds: u64,
     pub anti_entropy_pulled: u64,
+    pub pull_throttled_ms: u64,
     pub scrub_checked: u64,
     pub scrub_corrupt: u64,
     pub scrub_repaired: u64,
@@ -442,6 +443,12 @@ fn encode_cluster(enc: &mut DescriptorEncoder, c: &ClusterFigures) -> Result<(),
         "callvault_anti_entropy_pulled",
         "Recordings, audio or deletions pulled by anti-entropy",
         c.anti_entropy_pulled,
+    )?;
+    counter(
+        enc,
+        "callvault_anti_entropy_throttled_ms",
+        "Milliseconds audio pulls from peers waited for the bandwidth cap configured for that peer",
+        c.pull_throttled_ms,
     )?;
     counter(enc, "callvault_scrub_checked", "Stored audio files re-hashed by the scrub", c.scrub_checked)?;
     counter(enc, "callvault_scrub_corrupt", "Stored audio files whose checksum no longer matched", c.scrub_corrupt)?;

@@ -650,3 +650,25 @@ fn tls_certificates_are_reloaded_on_sighup_without_a_restart() {
     assert_eq!(alive_peers(&b), 1);
     let _ = std::fs::remove_dir_all(pki);
 }
+
+/// Anti-entropy pulls cross the same thin link pushes do: a node joining
+/// late, with a bandwidth cap configured for the peer it backfills from,
+/// reads the audio at that pace (the waits are counted) and still ends up
+/// with every copy, verified.
+#[test]
+fn anti_entropy_pulls_respect_the_bandwidth_cap_of_the_peer() {
+    let a = member("capped-a", "node-a", &[], &[]);
+    let s = call(a.sip_udp, &["--calls", "8", "--concurrency", "8", "--rate", "50", "--duration", "2"]);
+    assert_eq!(s["established"], 8, "{s:#}");
+    wait_until(Duration::from_secs(20), "A archived", || holdings(&a).len() == 8);
+    // 800 kbit/s = 100 kB/s against ~0.5 MB of audio.
+    let c = member(
+        "capped-c",
+        "node-c",
+        &[url(&a)],
+        &[("CALLVAULT_CLUSTER__TARGETS__node-a__BANDWIDTH_KBPS", "800".into())],
+    );
+    wait_until(Duration::from_secs(90), "C backfilled", || holdings(&c).len() == 8);
+    assert_eq!(holdings(&a), holdings(&c));
+    assert!(c.metric("callvault_anti_entropy_throttled_ms_total") > 0.0, "the pulls waited for the cap");
+}

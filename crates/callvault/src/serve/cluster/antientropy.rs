@@ -171,7 +171,7 @@ impl AntiEntropy {
             if !peer_has_audio || matches!(self.c.index.audio_here(meta.id).await, Ok(Some(true))) {
                 continue;
             }
-            match fetch_audio(&self.c, url, &meta).await {
+            match fetch_audio(&self.c, node, url, &meta).await {
                 Ok(bytes) => {
                     self.c.index.set_audio_here(meta.id, true).await.map_err(|e| e.to_string())?;
                     f.bytes_in += bytes;
@@ -237,9 +237,14 @@ impl AntiEntropy {
     }
 }
 
-/// Downloads a recording's audio from a peer (resuming a partial one),
-/// checks its SHA-256 against the metadata, and stores it. Returns bytes read.
-pub async fn fetch_audio(c: &Arc<Cluster>, url: &str, meta: &RecordingMeta) -> Result<u64, String> {
+/// Downloads a recording's audio from `peer` at `url` (resuming a partial
+/// one), checks its SHA-256 against the metadata, and stores it. Returns
+/// bytes read. The read is paced at the bandwidth cap configured for that
+/// peer as a target (`[cluster.targets.<node>] bandwidth_kbps`): a pull
+/// crosses the same thin link a push does.
+pub async fn fetch_audio(c: &Arc<Cluster>, peer: &NodeId, url: &str, meta: &RecordingMeta) -> Result<u64, String> {
+    let cap = c.target_rules(&peer.0).1;
+    let peer_name = peer.0.clone();
     let audio = meta.audio.clone().ok_or("no audio in the metadata")?;
     let want = audio.sha256.clone().ok_or("no digest in the metadata")?;
     let key = BlobKey::parse(&audio.path).ok_or("bad audio key")?;
@@ -261,7 +266,15 @@ pub async fn fetch_audio(c: &Arc<Cluster>, url: &str, meta: &RecordingMeta) -> R
             } else if status != 206 && status != 200 {
                 return Err(format!("peer answered HTTP {status} for the audio"));
             }
-            let mut buf = vec![0u8; 256 * 1024];
+            let peer_key = peer_name;
+            let chunk = if cap > 0 {
+                let buckets = c2.pull_buckets.lock().expect("buckets lock");
+                let burst = buckets.get(&peer_key).map_or(64 * 1024, |b| b.burst() as usize);
+                burst.clamp(4096, 256 * 1024)
+            } else {
+                256 * 1024
+            };
+            let mut buf = vec![0u8; chunk];
             loop {
                 let n = body.read(&mut buf).map_err(|e| e.to_string())?;
                 if n == 0 {
@@ -269,6 +282,20 @@ pub async fn fetch_audio(c: &Arc<Cluster>, url: &str, meta: &RecordingMeta) -> R
                 }
                 f.write_all(&buf[..n]).map_err(|e| e.to_string())?;
                 read += n as u64;
+                if cap > 0 {
+                    // Reading slower fills the TCP window: the peer sends slower.
+                    let wait = {
+                        let mut buckets = c2.pull_buckets.lock().expect("buckets lock");
+                        let b = buckets
+                            .entry(peer_key.clone())
+                            .or_insert_with(|| cluster::TokenBucket::new(cap, Instant::now()));
+                        b.take(Instant::now(), n as u64)
+                    };
+                    if !wait.is_zero() {
+                        c2.counters.pull_throttled_ms.fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+                        std::thread::sleep(wait);
+                    }
+                }
             }
         }
         drop(f);

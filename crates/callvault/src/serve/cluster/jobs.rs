@@ -207,7 +207,7 @@ async fn repair(c: &Arc<Cluster>, meta: &RecordingMeta) -> bool {
         if !holds {
             continue;
         }
-        match super::antientropy::fetch_audio(c, &url, meta).await {
+        match super::antientropy::fetch_audio(c, &node, &url, meta).await {
             Ok(_) => {
                 let _ = c.index.set_audio_here(meta.id, true).await;
                 tracing::warn!(recording = %meta.id, peer = %node, "scrub: repaired a corrupt copy from a peer");

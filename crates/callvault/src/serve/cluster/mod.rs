@@ -38,6 +38,8 @@ pub struct ClusterCounters {
     pub rejected_copies: AtomicU64,
     pub anti_entropy_rounds: AtomicU64,
     pub anti_entropy_pulled: AtomicU64,
+    /// Milliseconds audio pulls waited for a peer's bandwidth cap.
+    pub pull_throttled_ms: AtomicU64,
     pub scrub_checked: AtomicU64,
     pub scrub_repaired: AtomicU64,
     pub scrub_corrupt: AtomicU64,
@@ -68,6 +70,8 @@ pub struct Cluster {
     pub membership: Mutex<Membership>,
     pub clock: Mutex<Clock>,
     pub client: PeerClient,
+    /// Per peer: the bandwidth cap's bucket shared by every pull from it.
+    pub pull_buckets: Mutex<std::collections::HashMap<String, cluster::TokenBucket>>,
     /// The cluster API's TLS settings (none without TLS), for reloads.
     pub server_tls: Option<tls::ServerTls>,
     pub secret: Vec<u8>,
@@ -138,6 +142,7 @@ impl Cluster {
             membership: Mutex::new(membership),
             client,
             server_tls: None,
+            pull_buckets: Mutex::new(std::collections::HashMap::new()),
             secret,
             local: Mutex::new(LocalState::default()),
             settings_digest: Mutex::new(String::new()),
