@@ -79,6 +79,26 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/unkscm.sip", &[416]),
         // 3.1.2.17: OPTIONS with INVITE in CSeq (only BYE/ACK are tolerated).
         ("rfc4475/mismatch01.sip", &[400]),
+        // 3.1.1.6: LWS (none, here) between display name and `<`: valid.
+        ("rfc4475/lwsdisp.sip", &[200]),
+        // 3.1.1.9: a `;` and an escaped `@` in the Request-URI user part: valid.
+        ("rfc4475/semiuri.sip", &[200]),
+        // 3.1.1.10: Vias with transports we do not speak: valid.
+        ("rfc4475/transports.sip", &[200]),
+        // 3.3.11: Max-Forwards 0 at its destination: processed.
+        ("rfc4475/zeromf.sip", &[200]),
+        // 3.3.1: To, From and Call-ID missing.
+        ("rfc4475/insuf.sip", &[400]),
+        // 3.3.9: two Content-Length values.
+        ("rfc4475/mcl01.sip", &[400]),
+        // 3.1.1.5: `%` is no escape in a method: an unknown method.
+        ("rfc4475/esc02.sip", &[501]),
+        // 3.1.2.16: SIP/7.0.
+        ("rfc4475/badvers.sip", &[505]),
+        // 3.1.2.8: several SP between Request-Line elements.
+        ("rfc4475/lwsstart.sip", &[400]),
+        // 3.1.2.9: SP after the version at the end of the Request-Line.
+        ("rfc4475/trws.sip", &[400]),
     ];
     assert_answers(cases);
 }

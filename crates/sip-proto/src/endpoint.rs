@@ -445,7 +445,8 @@ impl Endpoint {
             if let Ok(Message::Request(req)) = parse(fixed.as_deref().unwrap_or(&head)) {
                 let is_ack = req.method == Method::Ack || req.cseq().is_some_and(|c| c.method == Method::Ack);
                 // Without these a response would not reach or match anything.
-                let answerable = req.top_via().is_some() && req.call_id().is_some() && req.cseq().is_some();
+                // (A Via of another version still says where the sender is.)
+                let answerable = req.headers.contains("Via") && req.call_id().is_some() && req.cseq().is_some();
                 if !is_ack && answerable {
                     let mut resp = Response::to_request(&req, status, reason, None);
                     stamp_via(&mut resp, peer);

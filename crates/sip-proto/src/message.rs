@@ -334,12 +334,12 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         let reason = parts.next().unwrap_or("").trim().to_owned();
         Ok(Message::Response(Response { status, reason, headers, body }))
     } else {
-        let mut parts = start_line.split(' ').filter(|p| !p.is_empty());
-        let method = parts.next().and_then(Method::parse).ok_or(ParseError::StartLine)?;
-        let uri = parts.next().ok_or(ParseError::StartLine)?;
-        let version = parts.next().ok_or(ParseError::StartLine)?;
-        // One SP-free Request-URI, not in angle brackets (RFC 4475 lwsruri, ltgtruri).
-        if parts.next().is_some() || !uri.contains(':') || uri.starts_with('<') {
+        // Method SP Request-URI SP SIP-Version, single spaces (RFC 4475
+        // lwsstart, trws), an SP-free URI not in angle brackets (lwsruri, ltgtruri).
+        let parts: Vec<&str> = start_line.split(' ').collect();
+        let [method, uri, version] = parts[..] else { return Err(ParseError::StartLine) };
+        let method = Method::parse(method).ok_or(ParseError::StartLine)?;
+        if uri.is_empty() || !uri.contains(':') || uri.starts_with('<') {
             return Err(ParseError::StartLine);
         }
         if version != "SIP/2.0" {
