@@ -23,13 +23,11 @@ fn recorder() -> Recorder {
     Recorder::new(c, Box::new(BookkeepingAllocator::new(30000, 100)))
 }
 
-/// The responses the recorder sends to `data` over UDP (metadata saves
-/// confirmed at once).
-fn answers(data: &[u8]) -> Vec<Response> {
-    let mut rec = recorder();
-    let now = Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() };
+/// Feeds `data` to `rec` over UDP (metadata saves confirmed at once):
+/// the responses sent, and whether a recording stopped.
+fn feed(rec: &mut Recorder, now: Now, data: &[u8]) -> (Vec<Response>, bool) {
     rec.handle_sip(now, Peer::udp("127.0.0.1:5070".parse().unwrap()), data);
-    let mut out = Vec::new();
+    let (mut out, mut stopped) = (Vec::new(), false);
     while let Some(o) = rec.poll_output() {
         match o {
             Output::Transmit(t) => {
@@ -38,10 +36,15 @@ fn answers(data: &[u8]) -> Vec<Response> {
                 }
             }
             Output::Recording { event, seq } => rec.saved(now, event.meta().id, seq, Ok(())),
-            Output::Media(_) => {}
+            Output::Media(m) => stopped |= matches!(m, recorder::MediaCommand::Stop { .. }),
         }
     }
-    out
+    (out, stopped)
+}
+
+/// The responses a fresh recorder sends to `data`.
+fn answers(data: &[u8]) -> Vec<Response> {
+    feed(&mut recorder(), Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() }, data).0
 }
 
 fn codes(data: &[u8]) -> Vec<u16> {
@@ -128,23 +131,7 @@ fn bye_and_ack_carrying_invite_in_cseq_act_on_the_request_line() {
     use recorder::reasons::Tolerated;
     let mut rec = recorder();
     let now = Now { mono: Instant::now(), wall: OffsetDateTime::now_utc() };
-    let peer = Peer::udp("127.0.0.1:5070".parse().unwrap());
-    let run = |rec: &mut Recorder, data: &[u8]| -> (Vec<Response>, bool) {
-        rec.handle_sip(now, peer, data);
-        let (mut out, mut stopped) = (Vec::new(), false);
-        while let Some(o) = rec.poll_output() {
-            match o {
-                Output::Transmit(t) => {
-                    if let Ok(Message::Response(r)) = parse(&t.data) {
-                        out.push(r);
-                    }
-                }
-                Output::Recording { event, seq } => rec.saved(now, event.meta().id, seq, Ok(())),
-                Output::Media(m) => stopped |= matches!(m, recorder::MediaCommand::Stop { .. }),
-            }
-        }
-        (out, stopped)
-    };
+    let run = |rec: &mut Recorder, data: &[u8]| feed(rec, now, data);
     let (out, _) = run(&mut rec, &fixture("liberal/sdp_with_a_stray_boundary_line.sip"));
     let tag = out.last().unwrap().to().unwrap().tag().unwrap().to_owned();
     let with_tag = |f: &str| String::from_utf8(fixture(f)).unwrap().replace("{to_tag}", &tag).into_bytes();
