@@ -102,6 +102,14 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/lwsstart.sip", &[400]),
         // 3.1.2.9: SP after the version at the end of the Request-Line.
         ("rfc4475/trws.sip", &[400]),
+        // 3.3.3: a known but atypical scheme the recorder does not serve.
+        ("rfc4475/novelsc.sip", &[416]),
+        // 3.3.6: a body type the recorder does not understand.
+        ("rfc4475/invut.sip", &[100, 415]),
+        // 3.1.2.19: a response with an overlarge code: no answer, no harm.
+        ("rfc4475/bigcode.sip", &[]),
+        // 3.1.2.2: Content-Length larger than the datagram.
+        ("rfc4475/clerr.sip", &[400]),
     ];
     assert_answers(cases);
 }
