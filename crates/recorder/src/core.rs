@@ -70,6 +70,11 @@ pub struct Counters {
     /// Messages that broke a rule in a way whose meaning is clear, used
     /// anyway (docs/phone-platforms.md), by case.
     pub tolerated: BTreeMap<Tolerated, u64>,
+    /// The case most recently tolerated (for the driver's warning).
+    pub last_tolerated: Option<Tolerated>,
+    /// All tolerated cases together: a driver sees a new one by this
+    /// count changing, without copying the map per message.
+    pub tolerated_total: u64,
     /// INVITEs the source cancelled before we answered.
     pub invites_cancelled: u64,
 }
@@ -77,6 +82,8 @@ pub struct Counters {
 impl Counters {
     fn tolerate(&mut self, case: Tolerated) {
         *self.tolerated.entry(case).or_default() += 1;
+        self.tolerated_total += 1;
+        self.last_tolerated = Some(case);
     }
 
     fn count_refusal(&mut self, err: &SipError) {
