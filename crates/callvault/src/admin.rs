@@ -155,13 +155,16 @@ pub fn complete(cfg: Config, id: &str) -> anyhow::Result<()> {
         // A node runs: it owns the call, so it must end it (and send BYE).
         let listen = crate::serve::read_listen(dir.root()).context("the running node wrote no listen.json")?;
         let http = listen["http"].as_str().context("the running node has HTTP disabled; cannot reach it")?;
-        let url = format!("http://{http}/api/recordings/{rid}/complete");
-        match ureq::post(&url).send_empty() {
+        let url = format!("http://{http}/api/v1/recordings/{rid}/complete");
+        match authed(ureq::post(&url)).send_empty() {
             Ok(_) => {
                 eprintln!("recording {rid} completed by the running node");
                 Ok(())
             }
             Err(ureq::Error::StatusCode(404)) => bail!("no active recording {rid} on the running node"),
+            Err(ureq::Error::StatusCode(401)) => {
+                bail!("the running node wants an API token: set CALLVAULT_TOKEN (callvault users token <admin>)")
+            }
             Err(e) => bail!("asking the node at {http}: {e}"),
         }
     } else {
@@ -233,18 +236,30 @@ fn running_node(cfg: &Config) -> anyhow::Result<String> {
     Ok(format!("http://{http}"))
 }
 
+/// The API token sent to a running node: `CALLVAULT_TOKEN` (make one with
+/// `callvault users token <admin>`).
+pub fn authed<B>(r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+    match std::env::var("CALLVAULT_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(t) => r.header("authorization", format!("Bearer {t}")),
+        None => r,
+    }
+}
+
 fn http_call(method: &str, url: &str, body: Option<serde_json::Value>) -> anyhow::Result<serde_json::Value> {
     let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
     let mut resp = match (method, body) {
-        ("GET", _) => agent.get(url).call()?,
-        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string())?,
-        (_, Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string())?,
-        (_, None) => agent.post(url).send_empty()?,
+        ("GET", _) => authed(agent.get(url)).call()?,
+        ("PUT", Some(b)) => authed(agent.put(url)).header("content-type", "application/json").send(b.to_string())?,
+        (_, Some(b)) => authed(agent.post(url)).header("content-type", "application/json").send(b.to_string())?,
+        (_, None) => authed(agent.post(url)).send_empty()?,
     };
     let status = resp.status().as_u16();
     let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or_default();
+    if status == 401 {
+        bail!("the node wants an API token: set CALLVAULT_TOKEN (callvault users token <admin>)");
+    }
     if !(200..300).contains(&status) {
-        bail!("the node answered {status}: {}", v["error"].as_str().unwrap_or("(no detail)"));
+        bail!("the node answered {status}: {}", v["detail"].as_str().unwrap_or("(no detail)"));
     }
     Ok(v)
 }
@@ -253,7 +268,7 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
     let base = running_node(&cfg)?;
     match action {
         ClusterAction::Status { json } => {
-            let v = http_call("GET", &format!("{base}/api/cluster"), None)?;
+            let v = http_call("GET", &format!("{base}/api/v1/cluster"), None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -297,7 +312,7 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
             }
         }
         ClusterAction::Settings { key: None, .. } => {
-            let v = http_call("GET", &format!("{base}/api/settings"), None)?;
+            let v = http_call("GET", &format!("{base}/api/v1/settings"), None)?;
             for s in v["settings"].as_array().into_iter().flatten() {
                 println!(
                     "{} = {}   ({})",
@@ -310,17 +325,20 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
         ClusterAction::Settings { key: Some(key), value } => {
             let value = value.context("give a value to set (JSON, e.g. 90 or [\"10.0.0.0/8\"])")?;
             let value: serde_json::Value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-            let v =
-                http_call("PUT", &format!("{base}/api/settings/{key}"), Some(serde_json::json!({ "value": value })))?;
+            let v = http_call(
+                "PUT",
+                &format!("{base}/api/v1/settings/{key}"),
+                Some(serde_json::json!({ "value": value })),
+            )?;
             println!("{}", serde_json::to_string_pretty(&v["setting"])?);
         }
         ClusterAction::Scrub => {
-            let v = http_call("POST", &format!("{base}/api/cluster/scrub"), None)?;
+            let v = http_call("POST", &format!("{base}/api/v1/cluster/scrub"), None)?;
             println!("scrub: {} checked, {} corrupt, {} repaired", v["checked"], v["corrupt"], v["repaired"]);
         }
         ClusterAction::Forget { node } => {
             let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-            let mut resp = agent.delete(&format!("{base}/api/cluster/nodes/{node}")).call()?;
+            let mut resp = authed(agent.delete(&format!("{base}/api/v1/cluster/nodes/{node}"))).call()?;
             let v: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string()?).unwrap_or_default();
             if !resp.status().is_success() {
                 bail!("the node answered {}: {}", resp.status(), v["error"].as_str().unwrap_or("(no detail)"));
@@ -328,7 +346,7 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
             println!("forgot {node}; {} queued items dropped (on this node; run it on every node)", v["dropped_items"]);
         }
         ClusterAction::AntiEntropy => {
-            http_call("POST", &format!("{base}/api/cluster/anti-entropy"), None)?;
+            http_call("POST", &format!("{base}/api/v1/cluster/anti-entropy"), None)?;
             println!("anti-entropy round started");
         }
     }
@@ -339,7 +357,7 @@ pub fn replication(cfg: Config, action: ReplicationAction) -> anyhow::Result<()>
     let base = running_node(&cfg)?;
     match action {
         ReplicationAction::Status { json } => {
-            let v = http_call("GET", &format!("{base}/api/replication"), None)?;
+            let v = http_call("GET", &format!("{base}/api/v1/replication"), None)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
@@ -365,7 +383,7 @@ pub fn replication(cfg: Config, action: ReplicationAction) -> anyhow::Result<()>
         ReplicationAction::Retry { target } => {
             let v = http_call(
                 "POST",
-                &format!("{base}/api/replication/retry"),
+                &format!("{base}/api/v1/replication/retry"),
                 Some(serde_json::json!({ "target": target })),
             )?;
             println!("{} items due now", v["rescheduled"]);

@@ -176,6 +176,14 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// A connection that sends no (next) request for this long is closed.
     pub idle_timeout_secs: u64,
+    /// How long a sign-in lasts, seconds (then the user signs in again).
+    pub session_timeout_secs: u64,
+    /// Mark the session cookie `Secure`: set it when the UI is reached over
+    /// HTTPS (a TLS-terminating reverse proxy in front of the node).
+    pub secure_cookies: bool,
+    /// Serve /metrics without authentication (Prometheus on a trusted
+    /// network); otherwise scrape it with an admin API token.
+    pub public_metrics: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -263,7 +271,14 @@ impl Default for MediaConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "0.0.0.0:8080".into(), max_connections: 512, idle_timeout_secs: 60 }
+        HttpConfig {
+            listen: "0.0.0.0:8080".into(),
+            max_connections: 512,
+            idle_timeout_secs: 60,
+            session_timeout_secs: 8 * 3600,
+            secure_cookies: false,
+            public_metrics: false,
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod bench;
 mod client;
 mod config;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 
@@ -92,6 +93,20 @@ enum Command {
         #[command(subcommand)]
         action: admin::ReplicationAction,
     },
+    /// Users who may sign in (UI and API), their roles, scopes and API tokens.
+    Users {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: users::UsersAction,
+    },
+    /// The audit trail: verify its hash chain, list entries.
+    Audit {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[command(subcommand)]
+        action: users::AuditCommand,
+    },
     /// Check a configuration: validate it and print every effective value with its source.
     Config {
         #[command(flatten)]
@@ -168,6 +183,8 @@ fn main() -> anyhow::Result<()> {
         Command::Complete { node, id } => admin::complete(node.load()?, &id),
         Command::Cluster { node, action } => admin::cluster(node.load()?, action),
         Command::Replication { node, action } => admin::replication(node.load()?, action),
+        Command::Users { node, action } => users::users(node.load()?, action),
+        Command::Audit { node, action } => users::audit(node.load()?, action),
         Command::Config { node, action: ConfigAction::Check } => {
             match config::Config::explain(node.config.as_deref()) {
                 Ok(lines) => {

@@ -23,6 +23,17 @@ pub const KEYS: &[(&str, &str)] = &[
     ("jobs.retention.last_ms", "when the job leader last ran the retention purge (kept by the jobs)"),
 ];
 
+/// Key prefixes of users and API tokens (`user.<name>`, `token.<id>`):
+/// cluster settings so they replicate, but kept out of the settings API
+/// (they are managed through the users and tokens routes).
+pub const USER_PREFIX: &str = "user.";
+pub const TOKEN_PREFIX: &str = "token.";
+
+/// Whether `key` is a user or token (not shown with the other settings).
+pub fn is_access_key(key: &str) -> bool {
+    key.starts_with(USER_PREFIX) || key.starts_with(TOKEN_PREFIX)
+}
+
 /// One setting with the stamp of its last change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Setting {
@@ -49,6 +60,24 @@ pub fn validate(key: &str, value: &serde_json::Value) -> Result<(), String> {
         }
         "jobs.scrub.last_ms" | "jobs.retention.last_ms" => {
             value.as_i64().map(|_| ()).ok_or_else(|| format!("{key} is a time in milliseconds"))
+        }
+        user if user.starts_with(USER_PREFIX) => {
+            let name = &user[USER_PREFIX.len()..];
+            if !model::access::valid_user_name(name) {
+                return Err(format!("{name:?} is not a user name"));
+            }
+            let rec: model::access::UserRecord =
+                serde_json::from_value(value.clone()).map_err(|e| format!("{user}: {e}"))?;
+            rec.scope.validate()
+        }
+        token if token.starts_with(TOKEN_PREFIX) => {
+            let id = &token[TOKEN_PREFIX.len()..];
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(format!("{id:?} is not a token id"));
+            }
+            serde_json::from_value::<model::access::TokenRecord>(value.clone())
+                .map(|_| ())
+                .map_err(|e| format!("{token}: {e}"))
         }
         other => Err(format!("unknown setting {other:?}")),
     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+pub mod access;
 pub mod latency;
 pub mod replica;
 pub mod rs_metadata;
@@ -462,6 +463,53 @@ impl RecordingMeta {
     }
 
     /// The reason of the last state change.
+    /// The user part of every party (caller, callee, participants' numbers
+    /// and AORs), deduplicated: what a user's scope is matched against.
+    pub fn party_users(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let all = self
+            .caller
+            .iter()
+            .chain(self.callee.iter())
+            .map(String::as_str)
+            .chain(self.participants.iter().flat_map(|p| p.number.as_deref().into_iter().chain(p.aor.as_deref())));
+        for party in all {
+            let user = access::party_user(party);
+            if !user.is_empty() && !out.iter().any(|o| o == user) {
+                out.push(user.to_owned());
+            }
+        }
+        out
+    }
+
+    /// Identifiers operators match CDRs with: SIP Call-IDs, the call key
+    /// and its value (SIPREC session id, x-refci), SIPREC session and
+    /// group ids, and vendor hints (Avaya UCID, Cisco GUID ...).
+    pub fn identifiers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |v: &str| {
+            let v = v.trim();
+            if !v.is_empty() && v.len() <= 256 && !out.iter().any(|o| o == v) {
+                out.push(v.to_owned());
+            }
+        };
+        self.call_ids.iter().for_each(|c| add(c));
+        if let Some(key) = &self.call_key {
+            add(key);
+            if let Some((_, value)) = key.split_once(':') {
+                add(value);
+                add(value.split('@').next().unwrap_or(value));
+            }
+        }
+        if let Some(md) = &self.siprec {
+            md.sessions.iter().for_each(|s| add(&s.id));
+            md.sessions.iter().flat_map(|s| &s.sip_session_ids).for_each(|s| add(s));
+            md.groups.iter().for_each(|g| add(&g.id));
+            md.hints.values().for_each(|h| add(h));
+        }
+        out
+    }
+
     pub fn reason(&self) -> Option<&str> {
         self.state_history.last().map(|c| c.reason.as_str())
     }

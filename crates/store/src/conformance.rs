@@ -9,6 +9,7 @@ use std::path::Path;
 use model::{NodeId, Participant, RecordingId, RecordingMeta, RecordingState, SourceKind};
 use time::OffsetDateTime;
 
+use crate::access::{AccessStore, AuditQuery, SessionRow};
 use crate::blob::{BlobError, BlobKey, BlobPut, BlobStore};
 use crate::index::{ListQuery, RecordingIndex};
 
@@ -74,11 +75,87 @@ pub async fn recording_index(idx: &dyn RecordingIndex) {
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "time range, until exclusive");
     let q = ListQuery { limit: 1, offset: 1, ..Default::default() };
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "paging");
+
+    // Keyset paging walks the same order without offsets, and the count
+    // ignores the cursor.
+    let first = idx.list(&ListQuery { limit: 2, ..Default::default() }).await.unwrap();
+    let last = first.last().unwrap();
+    let cursor = Some((last.started_at.unix_timestamp() * 1000, last.id.to_string()));
+    let q = ListQuery { before: cursor, limit: 2, ..Default::default() };
+    assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![a.id], "the page after the cursor");
+    assert_eq!(idx.count(&q).await.unwrap(), 3, "count ignores the cursor");
+    let q = ListQuery { identifier: Some("call-+4420799".into()), ..Default::default() };
+    assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "by Call-ID");
+    let q = ListQuery { identifier: Some("call-+4420".into()), ..Default::default() };
+    assert!(idx.list(&q).await.unwrap().is_empty(), "identifiers match whole");
+    let q = ListQuery { min_duration_ms: Some(10_000), ..Default::default() };
+    assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![a.id], "by duration");
+    let q = ListQuery { scope: Some(vec!["+4420*".into(), "+15550100".into()]), ..Default::default() };
+    assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id, a.id], "scope: prefix and exact");
+    assert_eq!(idx.count(&q).await.unwrap(), 2);
+    let q = ListQuery { scope: Some(vec!["+1555".into()]), ..Default::default() };
+    assert!(idx.list(&q).await.unwrap().is_empty(), "an exact pattern is not a prefix");
+    let q = ListQuery { scope: Some(vec![]), ..Default::default() };
+    assert_eq!(idx.count(&q).await.unwrap(), 0, "an empty scope sees nothing");
+    let q = ListQuery { scope: Some(vec!["+15550199".into()]), party: Some("bob".into()), ..Default::default() };
+    assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "scope and filters combine");
     assert_eq!(
         idx.count_by_state().await.unwrap(),
         vec![("active".to_owned(), 2), ("completed".to_owned(), 1)],
         "counts by state"
     );
+}
+
+/// Every [`AccessStore`] backend: sessions and the audit chain.
+pub async fn access_store(st: &dyn AccessStore) {
+    let s = SessionRow {
+        id_hash: "h1".into(),
+        username: "alice".into(),
+        csrf: "c1".into(),
+        created_ms: 1_000,
+        expires_ms: 5_000,
+        client: "127.0.0.1".into(),
+        revoked: false,
+    };
+    st.create_session(&s).await.unwrap();
+    st.create_session(&SessionRow { id_hash: "h2".into(), expires_ms: 9_000, ..s.clone() }).await.unwrap();
+    assert_eq!(st.session("h1").await.unwrap(), Some(s.clone()));
+    assert!(st.session("nope").await.unwrap().is_none());
+    assert!(st.revoke_session("h1").await.unwrap());
+    assert!(!st.revoke_session("h1").await.unwrap(), "already revoked");
+    assert!(st.session("h1").await.unwrap().unwrap().revoked);
+    assert_eq!(st.revoke_sessions_of("alice").await.unwrap(), 1, "h2 only; h1 was");
+    assert_eq!(st.purge_sessions(6_000).await.unwrap(), 1, "h1 expired");
+    assert!(st.session("h2").await.unwrap().is_some());
+
+    use model::access::{audit_verify, AuditAction, AuditEvent};
+    let ev = |i: i64, actor: &str, action| AuditEvent {
+        at_ms: 10_000 + i,
+        actor: actor.into(),
+        from: "127.0.0.1".into(),
+        action,
+        target: format!("target-{i}"),
+        outcome: "ok".into(),
+        detail: String::new(),
+    };
+    for i in 0..5 {
+        let action = if i % 2 == 0 { AuditAction::Search } else { AuditAction::Play };
+        let rec = st.audit_append(ev(i, if i < 3 { "alice" } else { "bob" }, action)).await.unwrap();
+        assert_eq!(rec.seq, i + 1);
+    }
+    let all = st.audit_range(0, 100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(audit_verify(None, &all).unwrap().unwrap().0, 5, "the stored chain verifies");
+    let q = AuditQuery { actor: Some("alice".into()), ..Default::default() };
+    let seqs = |l: Vec<model::access::AuditRecord>| l.iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![3, 2, 1], "by actor, newest first");
+    let q = AuditQuery { action: Some(AuditAction::Play), ..Default::default() };
+    assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![4, 2], "by action");
+    let q = AuditQuery { before_seq: Some(3), limit: 1, ..Default::default() };
+    assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![2], "keyset paging");
+    let q = AuditQuery { target: Some("get-4".into()), ..Default::default() };
+    assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![5], "target substring");
+    assert_eq!(seqs(st.audit_range(3, 10).await.unwrap()), vec![4, 5]);
 }
 
 fn ids(ms: &[RecordingMeta]) -> Vec<RecordingId> {

@@ -42,6 +42,13 @@ impl<'s> MigrationSource<'s> for Embedded {
                     Cow::Borrowed(include_str!("../migrations/0002_cluster.sql")),
                     false,
                 ),
+                Migration::new(
+                    3,
+                    Cow::Borrowed("access"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0003_access.sql")),
+                    false,
+                ),
             ])
         })
     }
@@ -76,7 +83,14 @@ impl SqliteIndex {
             .connect_with(opts)
             .await?;
         Migrator::new(Embedded).await?.run(&pool).await?;
-        Ok(SqliteIndex { pool })
+        let index = SqliteIndex { pool };
+        index.backfill_search_tables().await?;
+        Ok(index)
+    }
+
+    /// The connection pool, for tools and tests that check the database itself.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// A write transaction that takes the write lock at once (`BEGIN
@@ -97,6 +111,56 @@ impl SqliteIndex {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Fills `parties` and `identifiers` for recordings indexed before
+    /// they existed (a database from an older version), once.
+    async fn backfill_search_tables(&self) -> Result<(), IndexError> {
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, meta_json FROM recordings r WHERE NOT EXISTS
+                   (SELECT 1 FROM identifiers i WHERE i.recording_id = r.id) AND NOT EXISTS
+                   (SELECT 1 FROM parties p WHERE p.recording_id = r.id) LIMIT 500",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            let mut filled = 0;
+            let mut tx = self.write_tx().await?;
+            for r in &rows {
+                let meta = decode(&r.get::<String, _>(0), r.get::<String, _>(1))?;
+                filled += Self::write_search_rows(&mut tx, &meta).await?;
+            }
+            tx.commit().await?;
+            if filled == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The search rows of one recording; returns how many it has.
+    async fn write_search_rows(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        meta: &RecordingMeta,
+    ) -> Result<usize, IndexError> {
+        let id = meta.id.to_string();
+        sqlx::query("DELETE FROM parties WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM identifiers WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
+        let (parties, ids) = (meta.party_users(), meta.identifiers());
+        for p in &parties {
+            sqlx::query("INSERT INTO parties (recording_id, party) VALUES (?1, ?2)")
+                .bind(&id)
+                .bind(p)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for v in &ids {
+            sqlx::query("INSERT INTO identifiers (recording_id, value) VALUES (?1, ?2)")
+                .bind(&id)
+                .bind(v)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(parties.len() + ids.len())
     }
 
     /// Bytes the database file holds once the write-ahead log is folded in
@@ -194,6 +258,7 @@ impl SqliteIndex {
             .execute(&mut **tx)
             .await?;
         }
+        Self::write_search_rows(tx, meta).await?;
         sqlx::query("DELETE FROM state_changes WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
         for (i, c) in meta.state_history.iter().enumerate() {
             sqlx::query("INSERT INTO state_changes (recording_id, seq, state, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")
@@ -262,41 +327,21 @@ impl RecordingIndex for SqliteIndex {
 
     /// Recordings newest first.
     async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, IndexError> {
-        let mut sql = String::from("SELECT id, meta_json FROM recordings r WHERE 1=1");
-        if q.state.is_some() {
-            sql.push_str(" AND state = ?1");
-        }
-        if q.since.is_some() {
-            sql.push_str(" AND started_at >= ?2");
-        }
-        if q.until.is_some() {
-            sql.push_str(" AND started_at < ?3");
-        }
-        if q.party.is_some() {
-            sql.push_str(
-                " AND (caller LIKE ?4 ESCAPE '\\' OR callee LIKE ?4 ESCAPE '\\' OR EXISTS (SELECT 1 FROM participants p
-                   WHERE p.recording_id = r.id AND (p.number LIKE ?4 ESCAPE '\\' OR p.name LIKE ?4 ESCAPE '\\'
-                   OR p.aor LIKE ?4 ESCAPE '\\')))",
-            );
-        }
-        // One logical recording per call: of the copies sharing a call key
-        // (the call forked to several recorders), the best one is listed.
-        sql.push_str(
-            " AND (r.call_key IS NULL OR r.id = (SELECT r2.id FROM recordings r2 WHERE r2.call_key = r.call_key
-               ORDER BY CASE r2.state WHEN 'completed' THEN 0 WHEN 'active' THEN 1 WHEN 'interrupted' THEN 2 ELSE 3 END,
-                        r2.duration_ms DESC, r2.node_id, r2.id LIMIT 1))",
-        );
-        sql.push_str(" ORDER BY started_at DESC, id DESC LIMIT ?5 OFFSET ?6");
-        let rows = sqlx::query(&sql)
-            .bind(q.state.map(|s| s.as_str()))
-            .bind(q.since.map(ms))
-            .bind(q.until.map(ms))
-            .bind(q.party.as_ref().map(|p| format!("%{}%", like_escape(p))))
-            .bind(if q.limit == 0 { 100 } else { q.limit.min(10_000) } as i64)
-            .bind(q.offset as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut b = sqlx::QueryBuilder::new("SELECT id, meta_json FROM recordings r WHERE 1=1");
+        push_filters(&mut b, q, true);
+        b.push(" ORDER BY started_at DESC, id DESC LIMIT ");
+        b.push_bind(if q.limit == 0 { 100 } else { q.limit.min(10_000) } as i64);
+        b.push(" OFFSET ");
+        b.push_bind(q.offset as i64);
+        let rows = b.build().fetch_all(&self.pool).await?;
         rows.into_iter().map(|r| decode(&r.get::<String, _>(0), r.get::<String, _>(1))).collect()
+    }
+
+    async fn count(&self, q: &ListQuery) -> Result<u64, IndexError> {
+        let mut b = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM recordings r WHERE 1=1");
+        push_filters(&mut b, q, false);
+        let n: i64 = b.build().fetch_one(&self.pool).await?.get(0);
+        Ok(n as u64)
     }
 
     /// Ids of recordings the index believes are active.
@@ -312,6 +357,70 @@ impl RecordingIndex for SqliteIndex {
             .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
+
+/// The WHERE clauses of a search (`with_cursor`: also the keyset cursor).
+fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, with_cursor: bool) {
+    if let Some(state) = q.state {
+        b.push(" AND state = ").push_bind(state.as_str());
+    }
+    if let Some(t) = q.since {
+        b.push(" AND started_at >= ").push_bind(ms(t));
+    }
+    if let Some(t) = q.until {
+        b.push(" AND started_at < ").push_bind(ms(t));
+    }
+    if let Some(d) = &q.direction {
+        b.push(" AND direction = ").push_bind(d.clone());
+    }
+    if let Some(d) = q.min_duration_ms {
+        b.push(" AND duration_ms >= ").push_bind(d as i64);
+    }
+    if let Some(d) = q.max_duration_ms {
+        b.push(" AND duration_ms <= ").push_bind(d as i64);
+    }
+    if let Some(s) = &q.source {
+        b.push(" AND source = ").push_bind(s.clone());
+    }
+    if let Some(n) = &q.node {
+        b.push(" AND node_id = ").push_bind(n.clone());
+    }
+    if let Some(v) = &q.identifier {
+        b.push(" AND r.id IN (SELECT recording_id FROM identifiers WHERE value = ").push_bind(v.clone()).push(")");
+    }
+    if let Some(p) = &q.party {
+        let pat = format!("%{}%", like_escape(p));
+        b.push(" AND (caller LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\' OR callee LIKE ");
+        b.push_bind(pat.clone()).push(
+            " ESCAPE '\\' OR EXISTS (SELECT 1 FROM participants p WHERE p.recording_id = r.id AND (p.number LIKE ",
+        );
+        b.push_bind(pat.clone()).push(" ESCAPE '\\' OR p.name LIKE ").push_bind(pat.clone());
+        b.push(" ESCAPE '\\' OR p.aor LIKE ").push_bind(pat).push(" ESCAPE '\\')))");
+    }
+    if let Some(scope) = &q.scope {
+        // An empty scope sees nothing.
+        b.push(" AND EXISTS (SELECT 1 FROM parties pa WHERE pa.recording_id = r.id AND (0");
+        for p in scope {
+            match p.strip_suffix('*') {
+                Some(prefix) => {
+                    b.push(" OR pa.party LIKE ").push_bind(format!("{}%", like_escape(prefix))).push(" ESCAPE '\\'")
+                }
+                None => b.push(" OR pa.party = ").push_bind(p.clone()),
+            };
+        }
+        b.push("))");
+    }
+    if let (true, Some((at, id))) = (with_cursor, &q.before) {
+        b.push(" AND (started_at < ").push_bind(*at).push(" OR (started_at = ").push_bind(*at);
+        b.push(" AND id < ").push_bind(id.clone()).push("))");
+    }
+    // One logical recording per call: of the copies sharing a call key
+    // (the call forked to several recorders), the best one is listed.
+    b.push(
+        " AND (r.call_key IS NULL OR r.id = (SELECT r2.id FROM recordings r2 WHERE r2.call_key = r.call_key
+           ORDER BY CASE r2.state WHEN 'completed' THEN 0 WHEN 'active' THEN 1 WHEN 'interrupted' THEN 2 ELSE 3 END,
+                    r2.duration_ms DESC, r2.node_id, r2.id LIMIT 1))",
+    );
 }
 
 /// `text` as a literal inside a LIKE pattern (with `ESCAPE '\'`).

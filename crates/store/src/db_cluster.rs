@@ -346,6 +346,14 @@ impl ClusterIndex for SqliteIndex {
         Ok(rows.into_iter().map(|r| StoredSetting { key: r.get(0), value: r.get(1), stamp: r.get(2) }).collect())
     }
 
+    async fn setting(&self, key: &str) -> Result<Option<StoredSetting>, IndexError> {
+        let row = sqlx::query("SELECT key, value, stamp FROM settings WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| StoredSetting { key: r.get(0), value: r.get(1), stamp: r.get(2) }))
+    }
+
     async fn put_setting(&self, s: &StoredSetting) -> Result<bool, IndexError> {
         // Stamps sort as text the way the clock orders them.
         let n = sqlx::query(

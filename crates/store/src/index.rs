@@ -33,6 +33,23 @@ pub struct ListQuery {
     pub until: Option<OffsetDateTime>,
     /// Matches caller, callee or any participant number/name/AOR (substring).
     pub party: Option<String>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+    pub min_duration_ms: Option<u64>,
+    pub max_duration_ms: Option<u64>,
+    /// Source kind (`siprec`, `forked`, `plain`).
+    pub source: Option<String>,
+    /// The node that recorded it.
+    pub node: Option<String>,
+    /// Exact match on any identifier (Call-ID, SIPREC session id, x-refci,
+    /// UCID ...): `RecordingMeta::identifiers`.
+    pub identifier: Option<String>,
+    /// Only recordings a party of which matches one of these patterns
+    /// (`model::access::Scope`); `None`: every recording.
+    pub scope: Option<Vec<String>>,
+    /// Keyset cursor: only recordings strictly older than this
+    /// (`started_at` in ms, id), in the list order.
+    pub before: Option<(i64, String)>,
     pub limit: u32,
     pub offset: u32,
 }
@@ -46,6 +63,8 @@ pub trait RecordingIndex: Send + Sync + fmt::Debug {
     async fn get(&self, id: RecordingId) -> Result<Option<RecordingMeta>, IndexError>;
     /// Recordings newest first.
     async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, IndexError>;
+    /// How many recordings match `q` (ignoring its cursor, limit and offset).
+    async fn count(&self, q: &ListQuery) -> Result<u64, IndexError>;
     /// Ids of recordings the index believes are active.
     async fn active_ids(&self) -> Result<Vec<RecordingId>, IndexError>;
     /// Number of recordings per state, by state name.
@@ -181,6 +200,7 @@ pub trait ClusterIndex: RecordingIndex {
     async fn outbox_retry(&self, target: Option<&str>, now_ms: i64) -> Result<u64, IndexError>;
 
     async fn settings(&self) -> Result<Vec<StoredSetting>, IndexError>;
+    async fn setting(&self, key: &str) -> Result<Option<StoredSetting>, IndexError>;
     /// Stores a setting if its stamp is newer than the stored one; returns whether it did.
     async fn put_setting(&self, s: &StoredSetting) -> Result<bool, IndexError>;
 

@@ -14,6 +14,7 @@
 //! be rebuilt from it. A recording is only removed from the spool once it
 //! is archived *and* indexed, so a database outage loses nothing.
 
+pub mod access;
 pub mod archive;
 pub mod blob;
 pub mod conformance;
@@ -22,6 +23,7 @@ mod db_cluster;
 pub mod index;
 pub mod layout;
 
+pub use access::{AccessStore, AuditQuery, SessionRow};
 pub use archive::{Archive, ArchiveError};
 pub use blob::{sha256_file, BlobError, BlobKey, BlobPut, BlobStore, LocalBlobs};
 pub use db::SqliteIndex;
@@ -36,6 +38,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct Stores {
     pub index: Arc<dyn ClusterIndex>,
+    pub access: Arc<dyn AccessStore>,
     pub archive: Archive,
 }
 
@@ -43,6 +46,6 @@ impl Stores {
     /// The embedded defaults: SQLite in the data directory, blobs as files under it.
     pub async fn open_local(dir: &DataDir) -> Result<Stores, IndexError> {
         let index = Arc::new(SqliteIndex::open(&dir.db_path()).await?);
-        Ok(Stores { index, archive: Archive::local(dir.clone()) })
+        Ok(Stores { index: index.clone(), access: index, archive: Archive::local(dir.clone()) })
     }
 }

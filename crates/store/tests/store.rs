@@ -126,6 +126,20 @@ async fn sqlite_index_passes_the_conformance_suite_and_survives_reopening() {
     fs::remove_dir_all(root).unwrap();
 }
 
+#[tokio::test]
+async fn sqlite_access_store_passes_the_conformance_suite_and_refuses_edits() {
+    let root = tempdir("access");
+    let dir = DataDir::open(&root).unwrap();
+    let db = SqliteIndex::open(&dir.db_path()).await.unwrap();
+    conformance::access_store(&db).await;
+    // The application cannot rewrite history.
+    let err = sqlx::query("UPDATE audit SET actor = 'mallory' WHERE seq = 1").execute(db.pool()).await.unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert!(sqlx::query("DELETE FROM audit").execute(db.pool()).await.is_err());
+    db.close().await;
+    fs::remove_dir_all(root).unwrap();
+}
+
 #[test]
 fn local_blob_store_passes_the_conformance_suite() {
     let root = tempdir("blobs");

@@ -66,6 +66,8 @@ struct Server {
     dir: PathBuf,
     sip: SocketAddr,
     http: SocketAddr,
+    /// An admin API token of the node.
+    token: String,
     /// Remove the directory when dropped.
     owned: bool,
 }
@@ -103,11 +105,23 @@ fn start_server() -> anyhow::Result<Server> {
 fn start_node(dir: &std::path::Path, env: &[(&str, String)], media_ports: &str) -> anyhow::Result<Server> {
     let _ = std::fs::remove_file(dir.join("listen.json"));
     let exe = std::env::current_exe()?;
+    // An admin token for the API calls the benchmark makes.
+    let out = Command::new(&exe)
+        .args(["users", "add", "bench", "--role", "admin", "--token", "--data-dir"])
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("creating the benchmark's admin user")?;
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    if !out.status.success() || token.is_empty() {
+        bail!("could not create the benchmark's admin user");
+    }
     let mut cmd = Command::new(exe);
     cmd.args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--sip-udp", "127.0.0.1:0", "--sip-tcp", "", "--http", "127.0.0.1:0", "--media-ports", media_ports])
         .env("RUST_LOG", "warn")
+        .env("CALLVAULT_HTTP__PUBLIC_METRICS", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     for (k, v) in env {
@@ -119,7 +133,7 @@ fn start_node(dir: &std::path::Path, env: &[(&str, String)], media_ports: &str) 
         if let Some(l) = crate::serve::read_listen(dir) {
             let sip = l["sip_udp"].as_str().context("no sip_udp")?.parse()?;
             let http = l["http"].as_str().context("no http")?.parse()?;
-            return Ok(Server { child, dir: dir.to_owned(), sip, http, owned: false });
+            return Ok(Server { child, dir: dir.to_owned(), sip, http, token, owned: false });
         }
         if Instant::now() > deadline {
             bail!("server did not start");
@@ -129,8 +143,12 @@ fn start_node(dir: &std::path::Path, env: &[(&str, String)], media_ports: &str) 
 }
 
 /// GET a node's JSON API.
-fn api(http: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
-    let body = ureq::get(&format!("http://{http}{path}")).call()?.body_mut().read_to_string()?;
+fn api(s: &Server, path: &str) -> anyhow::Result<serde_json::Value> {
+    let body = ureq::get(&format!("http://{}{path}", s.http))
+        .header("authorization", format!("Bearer {}", s.token))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
     Ok(serde_json::from_str(&body)?)
 }
 

@@ -116,7 +116,7 @@ fn wait(timeout: Duration, what: &str, mut ok: impl FnMut() -> anyhow::Result<bo
 }
 
 fn alive(s: &Server) -> anyhow::Result<usize> {
-    let v = api(s.http, "/api/cluster")?;
+    let v = api(s, "/api/v1/cluster")?;
     Ok(v["peers"].as_array().map_or(0, |p| p.iter().filter(|p| p["alive"] == true).count()))
 }
 
@@ -287,11 +287,11 @@ fn run_in(args: &ReplicationArgs, root: &Path) -> anyhow::Result<Report> {
     let summary = rt.block_on(place_calls(ca))?;
     report.lag_calls = summary.established;
     wait(Duration::from_secs(300), "A's outbox empty", || {
-        let v = api(a.http, "/api/replication")?;
+        let v = api(&a, "/api/v1/replication")?;
         Ok(v["targets"].as_object().is_some_and(|t| t.values().all(|x| x["depth"] == 0))
             && v["lag_samples"].as_u64().unwrap_or(0) >= summary.established as u64)
     })?;
-    let v = api(a.http, "/api/replication")?;
+    let v = api(&a, "/api/v1/replication")?;
     report.lag_samples = v["lag_samples"].as_u64().unwrap_or(0);
     report.lag_ms_p50 = v["lag_ms_p50"].as_u64();
     report.lag_ms_p99 = v["lag_ms_p99"].as_u64();
@@ -368,7 +368,7 @@ fn run_in(args: &ReplicationArgs, root: &Path) -> anyhow::Result<Report> {
 /// (milliseconds, bytes exchanged, recordings pulled).
 fn ae_round(node: &Server) -> anyhow::Result<(u64, u64, u64)> {
     let status = |s: &Server| -> anyhow::Result<serde_json::Value> {
-        let v = api(s.http, "/api/workers")?;
+        let v = api(s, "/api/v1/workers")?;
         v["workers"]
             .as_array()
             .and_then(|w| w.iter().find(|w| w["name"] == "anti-entropy").cloned())
@@ -376,7 +376,9 @@ fn ae_round(node: &Server) -> anyhow::Result<(u64, u64, u64)> {
     };
     let before = status(node)?["status"]["items_done"].as_u64().unwrap_or(0);
     let rounds_before = metric(node.http, "callvault_anti_entropy_rounds_total")?;
-    ureq::post(&format!("http://{}/api/cluster/anti-entropy", node.http)).send_empty()?;
+    ureq::post(&format!("http://{}/api/v1/cluster/anti-entropy", node.http))
+        .header("authorization", format!("Bearer {}", node.token))
+        .send_empty()?;
     wait(Duration::from_secs(600), "the anti-entropy round", || {
         Ok(metric(node.http, "callvault_anti_entropy_rounds_total")? > rounds_before)
     })?;

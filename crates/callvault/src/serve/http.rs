@@ -8,14 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use model::{RecordingId, RecordingMeta, RecordingState};
 use serde::Deserialize;
 use serde_json::json;
-use store::{BlobKey, BlobStore, ListQuery, RecordingIndex};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
+use store::{BlobKey, BlobStore, RecordingIndex};
 use tokio::sync::oneshot;
+use web::Principal;
 
 use super::cluster::Cluster;
 use super::core::{status, AdminCmd, AdminTx};
@@ -46,27 +45,29 @@ async fn core_status(s: &AppState) -> Option<super::core::NodeStatus> {
     tokio::time::timeout(CORE_TIMEOUT, status(&s.admin)).await.ok().flatten()
 }
 
+/// The node's own routes (health, metrics, recordings that need the
+/// recorder core, node and cluster operations), without the access layer:
+/// `serve` merges them with the `web` crate's and guards them all.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .route("/api/status", get(api_status))
-        .route("/api/recordings", get(list))
-        .route("/api/recordings/active", get(active))
-        .route("/api/recordings/{id}", get(detail).delete(delete_recording))
-        .route("/api/recordings/{id}/audio", get(audio))
-        .route("/api/recordings/{id}/complete", post(complete))
-        .route("/api/drain", post(drain))
-        .route("/api/workers", get(workers))
-        .route("/api/cluster", get(cluster_status))
-        .route("/api/cluster/scrub", post(cluster_scrub))
-        .route("/api/cluster/nodes/{node}", axum::routing::delete(cluster_forget))
-        .route("/api/cluster/anti-entropy", post(cluster_anti_entropy))
-        .route("/api/replication", get(replication_status))
-        .route("/api/replication/retry", post(replication_retry))
-        .route("/api/settings", get(settings_list))
-        .route("/api/settings/{key}", axum::routing::put(settings_put))
+        .route("/api/v1/status", get(api_status))
+        .route("/api/v1/recordings/active", get(active))
+        .route("/api/v1/recordings/{id}", get(detail).delete(delete_recording))
+        .route("/api/v1/recordings/{id}/audio", get(audio))
+        .route("/api/v1/recordings/{id}/complete", post(complete))
+        .route("/api/v1/drain", post(drain))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/cluster/scrub", post(cluster_scrub))
+        .route("/api/v1/cluster/nodes/{node}", axum::routing::delete(cluster_forget))
+        .route("/api/v1/cluster/anti-entropy", post(cluster_anti_entropy))
+        .route("/api/v1/replication", get(replication_status))
+        .route("/api/v1/replication/retry", post(replication_retry))
+        .route("/api/v1/settings", get(settings_list))
+        .route("/api/v1/settings/{key}", axum::routing::put(settings_put))
         .with_state(state)
 }
 
@@ -76,7 +77,7 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        web::Problem::new(self.0, self.1).into_response()
     }
 }
 
@@ -96,11 +97,6 @@ fn internal(code: StatusCode, what: &str, detail: impl std::fmt::Display) -> Api
     tracing::error!(correlation_id = %id, error = %detail, "{what} failed");
     ApiError(code, format!("{what} failed (correlation id {id})"))
 }
-
-/// Longest accepted `party` filter, and the largest `limit` and `offset`.
-pub const MAX_PARTY_LEN: usize = 128;
-pub const MAX_LIMIT: u32 = 10_000;
-pub const MAX_OFFSET: u32 = 1_000_000;
 
 /// Alive means the recorder core answers (within 2 s), not just that the
 /// HTTP task runs: a stuck core is restarted by the orchestrator.
@@ -187,58 +183,56 @@ async fn api_status(State(s): State<AppState>) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct ListParams {
-    state: Option<String>,
-    party: Option<String>,
-    since: Option<String>,
-    until: Option<String>,
-    limit: Option<u32>,
-    offset: Option<u32>,
+#[serde(deny_unknown_fields)]
+struct ActiveParams {
+    /// Any value: the calls of every live node of the cluster, not only this one.
+    cluster: Option<String>,
 }
 
-fn parse_time(name: &str, v: Option<&String>) -> Result<Option<OffsetDateTime>, ApiError> {
-    v.map(|t| OffsetDateTime::parse(t, &Rfc3339))
-        .transpose()
-        .map_err(|_| api_error(StatusCode::BAD_REQUEST, format!("{name} must be an RFC 3339 time")))
-}
-
-async fn list(State(s): State<AppState>, Query(p): Query<ListParams>) -> Result<Response, ApiError> {
-    let state = p
-        .state
-        .as_deref()
-        .map(str::parse::<RecordingState>)
-        .transpose()
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
-    let since = parse_time("since", p.since.as_ref())?;
-    let until = parse_time("until", p.until.as_ref())?;
-    if p.party.as_ref().is_some_and(|x| x.chars().count() > MAX_PARTY_LEN) {
-        return Err(api_error(StatusCode::BAD_REQUEST, format!("party is at most {MAX_PARTY_LEN} characters")));
-    }
-    if p.limit.is_some_and(|l| l > MAX_LIMIT) || p.offset.is_some_and(|o| o > MAX_OFFSET) {
-        return Err(api_error(
-            StatusCode::BAD_REQUEST,
-            format!("limit is at most {MAX_LIMIT}, offset at most {MAX_OFFSET}"),
-        ));
-    }
-    let q =
-        ListQuery { state, since, until, party: p.party, limit: p.limit.unwrap_or(100), offset: p.offset.unwrap_or(0) };
-    let recs = s.db.list(&q).await.map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "index", e))?;
-    let mut out = Vec::with_capacity(recs.len());
-    for r in recs {
-        out.push(with_location(&s, r).await);
-    }
-    Ok(Json(json!({ "recordings": out })).into_response())
-}
-
-async fn active(State(s): State<AppState>) -> Response {
+/// Calls being recorded now (within the caller's scope): on this node, or
+/// on every node (`?cluster=1`; each live peer answers for its own).
+async fn active(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    q: Result<Query<ActiveParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, "the only parameter is cluster");
+    };
     let (tx, rx) = oneshot::channel();
     if s.admin.send(AdminCmd::Active(tx)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
     }
-    match rx.await {
-        Ok(recs) => Json(json!({ "recordings": recs })).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running"),
+    let Ok(mut recs) = rx.await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "recorder core not running");
+    };
+    let mut unreachable = Vec::new();
+    if let (Some(c), Some(_)) = (&s.cluster, q.cluster) {
+        let peers: Vec<String> = c
+            .membership
+            .lock()
+            .expect("membership lock")
+            .view(std::time::Instant::now())
+            .into_iter()
+            .filter(|v| v.alive)
+            .map(|v| v.url)
+            .collect();
+        for url in peers {
+            let c = c.clone();
+            let u = url.clone();
+            let reply = tokio::task::spawn_blocking(move || c.client.json("GET", &u, "/cluster/v1/active", None)).await;
+            match reply {
+                Ok(Ok(r)) if r.status == 200 => match serde_json::from_slice::<Vec<RecordingMeta>>(&r.body) {
+                    Ok(theirs) => recs.extend(theirs),
+                    Err(_) => unreachable.push(url),
+                },
+                _ => unreachable.push(url),
+            }
+        }
     }
+    recs.retain(|m| p.sees(m));
+    recs.sort_by_key(|m| std::cmp::Reverse(m.started_at));
+    Json(json!({ "recordings": recs, "unreachable": unreachable })).into_response()
 }
 
 fn parse_id(id: &str) -> Result<RecordingId, ApiError> {
@@ -259,15 +253,47 @@ async fn find(s: &AppState, id: RecordingId) -> Result<RecordingMeta, ApiError> 
     }
 }
 
-async fn detail(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+/// A recording the caller may see (out of scope looks the same as absent).
+async fn find_visible(s: &AppState, p: &Principal, id: RecordingId) -> Result<RecordingMeta, ApiError> {
+    let meta = find(s, id).await?;
+    if !p.sees(&meta) {
+        return Err(api_error(StatusCode::NOT_FOUND, "no such recording"));
+    }
+    Ok(meta)
+}
+
+async fn detail(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_id(&id)?;
-    let meta = find(&s, id).await?;
+    let meta = find_visible(&s, &p, id).await?;
     Ok(Json(with_location(&s, meta).await))
 }
 
-async fn audio(State(s): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Query of the audio route: a download, or the grant of a signed link
+/// (checked by the access layer).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AudioParams {
+    download: Option<String>,
+    exp: Option<i64>,
+    by: Option<String>,
+    sig: Option<String>,
+}
+
+async fn audio(
+    State(s): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    q: Result<Query<AudioParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| api_error(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let _grant = (q.exp, q.by, q.sig);
     let id = parse_id(&id)?;
-    let meta = find(&s, id).await?;
+    let meta = find_visible(&s, &p, id).await?;
     if meta.state == RecordingState::Active {
         return Err(api_error(StatusCode::CONFLICT, "recording in progress; audio is available when it ends"));
     }
@@ -287,8 +313,22 @@ async fn audio(State(s): State<AppState>, Path(id): Path<String>, headers: Heade
         .map_err(|e| internal(StatusCode::INTERNAL_SERVER_ERROR, "blob store", e))?
         .map_err(|e| internal(StatusCode::SERVICE_UNAVAILABLE, "blob store", e))?
         .ok_or_else(|| api_error(StatusCode::NOT_FOUND, "audio file missing on this node"))?;
+    // The audio of a finished recording never changes: its checksum is its ETag.
+    let etag = audio.sha256.as_deref().map(|h| format!("\"{h}\""));
+    if let (Some(tag), Some(inm)) = (&etag, headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())) {
+        if inm.split(',').any(|t| t.trim() == tag || t.trim() == "*") {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            r.headers_mut().insert(header::ETAG, HeaderValue::from_str(tag).expect("hex"));
+            return Ok(r);
+        }
+    }
     let mut resp = download::serve(s.blobs.clone(), key, len, &headers, "audio/wav");
-    let disposition = format!("attachment; filename=\"{id}.wav\"");
+    if let Some(tag) = etag.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
+    let kind = if q.download.is_some() { "attachment" } else { "inline" };
+    let disposition = format!("{kind}; filename=\"{id}.wav\"");
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
@@ -576,7 +616,10 @@ async fn cluster_anti_entropy(State(s): State<AppState>) -> Result<Response, Api
 
 async fn settings_list(State(s): State<AppState>) -> Result<Response, ApiError> {
     let c = cluster_of(&s)?;
-    Ok(Json(json!({ "settings": super::cluster::settings::all_settings(c).await })).into_response())
+    // Users and tokens are settings too, but have their own routes (and hashes stay in).
+    let all = super::cluster::settings::all_settings(c).await;
+    let shown: Vec<_> = all.into_iter().filter(|s| !cluster::settings::is_access_key(&s.key)).collect();
+    Ok(Json(json!({ "settings": shown })).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,6 +633,9 @@ async fn settings_put(
     Json(body): Json<SettingBody>,
 ) -> Result<Response, ApiError> {
     let c = cluster_of(&s)?;
+    if cluster::settings::is_access_key(&key) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "users and tokens are changed through /api/v1/users"));
+    }
     let set = super::cluster::settings::set_setting(c, &key, body.value)
         .await
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;

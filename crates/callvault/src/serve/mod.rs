@@ -12,6 +12,8 @@
 //! is flushed and archived, then the process exits. Use drain mode first
 //! (`POST /api/drain`) for a rolling upgrade that interrupts nothing.
 
+mod access;
+pub use access::put_local as put_local_setting;
 pub mod cluster;
 pub mod core;
 mod download;
@@ -362,7 +364,22 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         let listener =
             TcpListener::bind(&cfg.http.listen).await.with_context(|| format!("binding HTTP {}", cfg.http.listen))?;
         http_addr = Some(listener.local_addr()?);
-        let app = http::router(http::AppState {
+        let cluster_ref = cluster.as_ref().map(|s| s.cluster.clone());
+        let settings = access::NodeSettings { cluster: cluster_ref.clone(), index: db.clone(), node: node.clone() };
+        let surface = Arc::new(web::Web::new(
+            db.clone(),
+            stores.access.clone(),
+            Arc::new(settings),
+            &access::link_secret(cluster_ref.as_deref(), dir.root())?,
+            web::WebConfig {
+                session_ttl_s: cfg.http.session_timeout_secs.max(1) as i64,
+                secure_cookies: cfg.http.secure_cookies,
+                public_metrics: cfg.http.public_metrics,
+                ..Default::default()
+            },
+            node.0.clone(),
+        ));
+        let node_routes = http::router(http::AppState {
             admin: admin_tx.clone(),
             db: db.clone() as Arc<dyn store::RecordingIndex>,
             blobs: stores.archive.blobs().clone(),
@@ -376,6 +393,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             metadata_sync: metadata_sync.clone(),
             http: http_stats.clone(),
         });
+        let app = web::guarded(node_routes.merge(web::routes().with_state(surface.clone())), surface);
         let limits = http_listener::HttpLimits {
             max_connections: cfg.http.max_connections.max(1),
             idle: Duration::from_secs(cfg.http.idle_timeout_secs.max(1)),

@@ -41,7 +41,7 @@ fn families(scrape: &str) -> BTreeSet<String> {
 }
 
 fn scrape(node: &Node) -> String {
-    ureq::get(&node.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap()
+    node.raw_get("/metrics").call().unwrap().body_mut().read_to_string().unwrap()
 }
 
 fn promtool(args: &[&str]) -> String {

@@ -135,7 +135,7 @@ fn malformed_sip_gets_clear_errors_while_a_call_keeps_recording() {
 /// every label is a status code, a recording state or a name from a
 /// closed set.
 fn assert_metric_labels_bounded(node: &Node) {
-    let body = ureq::get(&node.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    let body = node.raw_get("/metrics").call().unwrap().body_mut().read_to_string().unwrap();
     let states = ["active", "completed", "interrupted", "failed"];
     let mut labelled = 0;
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -268,7 +268,7 @@ fn garbage_rtp_and_floods_do_not_disturb_recording() {
     let live = call_bg(node.sip_udp, &["--duration", "4", "--tone-a", "500", "--tone-b", "1500"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let ports: Vec<u64> = loop {
-        let (_, v) = node.get("/api/recordings/active");
+        let (_, v) = node.get("/api/v1/recordings/active");
         if let Some(r) = v["recordings"].as_array().and_then(|a| a.first()) {
             break r["streams"].as_array().unwrap().iter().map(|s| s["local_port"].as_u64().unwrap()).collect();
         }
@@ -348,7 +348,7 @@ fn control_bytes_in_headers_never_reach_a_terminal_raw() {
             assert!(String::from_utf8_lossy(&out.stdout).contains("u{1b}"), "kept, escaped");
         }
     }
-    let (_, body) = crate::harness::http_json("GET", &node.url("/api/recordings"), None);
+    let (_, body) = crate::harness::http_json("GET", &node.url("/api/v1/recordings"), None);
     assert!(!body.to_string().contains('\u{1b}'));
 }
 
@@ -357,14 +357,14 @@ fn control_bytes_in_headers_never_reach_a_terminal_raw() {
 fn oversized_query_inputs_get_400() {
     let node = Node::start("query-limits");
     let long = "9".repeat(50_000);
-    let (code, v) = crate::harness::http_json("GET", &node.url(&format!("/api/recordings?party={long}")), None);
+    let (code, v) = crate::harness::http_json("GET", &node.url(&format!("/api/v1/recordings?party={long}")), None);
     assert_eq!(code, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("at most 128"), "{v}");
-    let (code, _) = node.get("/api/recordings?limit=1000000");
+    assert!(v["detail"].as_str().unwrap().contains("at most 128"), "{v}");
+    let (code, _) = node.get("/api/v1/recordings?limit=1000000");
     assert_eq!(code, 400);
-    let (code, _) = node.get("/api/recordings?since=yesterday");
+    let (code, _) = node.get("/api/v1/recordings?since=yesterday");
     assert_eq!(code, 400);
-    let (code, v) = node.get(&format!("/api/recordings?party={}", "9".repeat(128)));
+    let (code, v) = node.get(&format!("/api/v1/recordings?party={}", "9".repeat(128)));
     assert_eq!(code, 200, "at the limit is fine: {v}");
 }
 

@@ -55,19 +55,19 @@ fn siprec_call_is_one_stereo_recording_with_participants() {
     wav.assert_tone(1, 1000.0, 440.0, 200, 2800);
 
     // Download over HTTP: same bytes as the checksum says, and seekable.
-    let url = node.url(&format!("/api/recordings/{}/audio", rec["id"].as_str().unwrap()));
-    let mut resp = ureq::get(&url).call().unwrap();
+    let audio_path = format!("/api/v1/recordings/{}/audio", rec["id"].as_str().unwrap());
+    let mut resp = node.raw_get(&audio_path).call().unwrap();
     assert_eq!(resp.headers().get("content-type").unwrap(), "audio/wav");
     let body = resp.body_mut().with_config().limit(50 << 20).read_to_vec().unwrap();
     let path = temp_dir("dl").join("a.wav");
     std::fs::write(&path, &body).unwrap();
     assert_eq!(store::sha256_file(&path).unwrap().0, rec["audio"]["sha256"].as_str().unwrap());
-    let resp = ureq::get(&url).header("Range", "bytes=44-1043").call().unwrap();
+    let resp = node.raw_get(&audio_path).header("Range", "bytes=44-1043").call().unwrap();
     assert_eq!(resp.status().as_u16(), 206);
     assert_eq!(resp.headers().get("content-length").unwrap(), "1000");
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 
-    let (code, detail) = node.get(&format!("/api/recordings/{}", rec["id"].as_str().unwrap()));
+    let (code, detail) = node.get(&format!("/api/v1/recordings/{}", rec["id"].as_str().unwrap()));
     assert_eq!(code, 200);
     assert_eq!(detail["id"], rec["id"]);
     assert!(node.metric("callvault_rtp_packets_total") >= 296.0);

@@ -117,5 +117,5 @@ fn cancel_right_behind_the_invite_gets_487_over_udp_and_tcp() {
     assert_eq!(node.metric("callvault_invites_cancelled_total"), 2.0);
     assert_eq!(node.metric("callvault_invites_accepted_total"), 0.0);
     assert_eq!(node.metric("callvault_sip_byes_sent_total"), 0.0, "no BYE for a call never answered");
-    assert_eq!(node.get("/api/status").1["active_recordings"], 0);
+    assert_eq!(node.get("/api/v1/status").1["active_recordings"], 0);
 }

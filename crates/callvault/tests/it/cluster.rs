@@ -57,7 +57,7 @@ fn wait_until(timeout: Duration, what: &str, mut ok: impl FnMut() -> bool) {
 }
 
 fn view(n: &Node) -> Value {
-    let (code, v) = n.get("/api/cluster");
+    let (code, v) = n.get("/api/v1/cluster");
     assert_eq!(code, 200, "{v}");
     v
 }
@@ -81,7 +81,7 @@ fn holdings(n: &Node) -> BTreeMap<String, String> {
             copies.iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
         };
         for id in ids {
-            let (code, d) = n.get(&format!("/api/recordings/{id}"));
+            let (code, d) = n.get(&format!("/api/v1/recordings/{id}"));
             if code == 200 && d["audio_here"] == true {
                 out.insert(id, d["audio"]["sha256"].as_str().unwrap_or("").to_owned());
             }
@@ -92,13 +92,13 @@ fn holdings(n: &Node) -> BTreeMap<String, String> {
 
 /// SHA-256 of the audio a node serves for a recording.
 fn served_sha(n: &Node, id: &str) -> String {
-    let mut resp = ureq::get(&n.url(&format!("/api/recordings/{id}/audio"))).call().unwrap();
+    let mut resp = n.raw_get(&format!("/api/v1/recordings/{id}/audio")).call().unwrap();
     let body = resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap();
     cluster::hex(&<sha2::Sha256 as sha2::Digest>::digest(&body))
 }
 
 fn outbox_empty(n: &Node) -> bool {
-    let (_, v) = n.get("/api/replication");
+    let (_, v) = n.get("/api/v1/replication");
     v["targets"].as_object().is_some_and(|t| t.values().all(|x| x["depth"] == 0))
 }
 
@@ -154,7 +154,7 @@ fn three_nodes_hold_every_recording_with_identical_checksums_and_a_forked_call_i
     assert_eq!(sent, (11 * 2 * 2) as f64, "each recording went once to each other node, nothing relayed");
     assert_eq!(c.metric("callvault_cluster_auth_refused_total"), 0.0);
     // Every piece of background work runs in the one worker shape, visible in the API.
-    let (_, w) = a.get("/api/workers");
+    let (_, w) = a.get("/api/v1/workers");
     let names: Vec<&str> = w["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
     for want in ["anti-entropy", "cluster-heartbeat", "index-running", "jobs", "replicate:node-b", "replicate:node-c"] {
         assert!(names.contains(&want), "{want} in {names:?}");
@@ -188,12 +188,12 @@ fn kill_9_of_the_target_mid_transfer_and_of_the_source_with_a_full_queue_lose_no
     // Calls go on on A; its queue holds them (B is down). Then A dies too.
     short_calls(&a, 4);
     wait_until(Duration::from_secs(20), "the queue to hold every recording", || {
-        let (_, v) = a.get("/api/replication");
+        let (_, v) = a.get("/api/v1/replication");
         v["targets"]["node-b"]["depth"].as_u64().unwrap_or(0) >= 9
     });
     a.kill9();
     let a = a.restart();
-    let (_, v) = a.get("/api/replication");
+    let (_, v) = a.get("/api/v1/replication");
     assert!(v["targets"]["node-b"]["depth"].as_u64().unwrap() >= 9, "the queue survived kill -9: {v}");
     let b = b.restart();
     wait_until(Duration::from_secs(90), "the queue to drain", || outbox_empty(&a) && holdings(&b).len() == 5);
@@ -266,12 +266,12 @@ fn a_scheduled_target_gets_metadata_at_once_and_audio_only_inside_its_window() {
     let id = rec["id"].as_str().unwrap().to_owned();
     // Metadata first: B lists the recordings at once and says where the audio is.
     wait_until(Duration::from_secs(15), "metadata on B", || b.recordings("").len() == 2);
-    let (_, d) = b.get(&format!("/api/recordings/{id}"));
+    let (_, d) = b.get(&format!("/api/v1/recordings/{id}"));
     assert_eq!((d["audio_here"].clone(), d["audio_at"].clone()), (json!(false), json!("node-a")));
     // A download on B is served from A meanwhile.
     assert_eq!(served_sha(&b, &id), rec["audio"]["sha256"].as_str().unwrap());
     std::thread::sleep(Duration::from_secs(3));
-    let (_, r) = a.get("/api/replication");
+    let (_, r) = a.get("/api/v1/replication");
     assert_eq!(r["targets"]["node-b"]["depth"], 2, "the audio waits outside the window: {r}");
     assert!(holdings(&b).is_empty());
 
@@ -294,7 +294,7 @@ fn an_empty_node_backfills_and_a_deletion_made_while_a_node_was_away_stays_delet
     // B goes away; a recording is deleted meanwhile.
     b.kill9();
     let victim = holdings(&a).keys().next().unwrap().clone();
-    let (code, v) = http_json("DELETE", &a.url(&format!("/api/recordings/{victim}")), None);
+    let (code, v) = http_json("DELETE", &a.url(&format!("/api/v1/recordings/{victim}")), None);
     assert_eq!(code, 200, "{v}");
 
     // A new, empty node joins and backfills everything but the deleted one.
@@ -307,7 +307,7 @@ fn an_empty_node_backfills_and_a_deletion_made_while_a_node_was_away_stays_delet
     assert!(!ha.contains_key(&victim) && !hb.contains_key(&victim) && !hc.contains_key(&victim));
     assert_eq!(ha, hb);
     assert_eq!(ha, hc);
-    let (code, _) = c.get(&format!("/api/recordings/{victim}"));
+    let (code, _) = c.get(&format!("/api/v1/recordings/{victim}"));
     assert_eq!(code, 404, "not resurrected on the new node");
     assert!(c.metric("callvault_anti_entropy_pulled_total") >= 124.0);
 }
@@ -344,12 +344,12 @@ fn settings_reach_every_node_and_the_leader_purges_by_retention_everywhere() {
         wait_until(Duration::from_secs(15), "membership", || alive_peers(n) == 2);
     }
     let put = |n: &Node, key: &str, value: Value| {
-        let url = n.url(&format!("/api/settings/{key}"));
+        let url = n.url(&format!("/api/v1/settings/{key}"));
         let (code, v) = http_json("PUT", &url, Some(json!({ "value": value })));
         assert_eq!(code, 200, "{v}");
     };
     let get = |n: &Node, key: &str| -> Value {
-        let (_, v) = n.get("/api/settings");
+        let (_, v) = n.get("/api/v1/settings");
         v["settings"]
             .as_array()
             .unwrap()
@@ -369,7 +369,7 @@ fn settings_reach_every_node_and_the_leader_purges_by_retention_everywhere() {
         let vals: Vec<Value> = [&a, &b, &c].iter().map(|n| get(n, "retention.days")).collect();
         vals.iter().all(|v| *v == vals[0]) && !vals[0].is_null()
     });
-    let (code, v) = http_json("PUT", &a.url("/api/settings/retention.days"), Some(json!({ "value": "forever" })));
+    let (code, v) = http_json("PUT", &a.url("/api/v1/settings/retention.days"), Some(json!({ "value": "forever" })));
     assert_eq!(code, 400, "bad values are refused: {v}");
 
     // Old recordings (made 30 days ago on A) are purged everywhere once retention says 10 days.
@@ -389,10 +389,12 @@ fn settings_reach_every_node_and_the_leader_purges_by_retention_everywhere() {
     for n in [&a, &b, &c] {
         signed_put_meta(n, &old);
     }
-    assert!([&a, &b, &c].iter().all(|n| n.get(&format!("/api/recordings/{}", old["id"].as_str().unwrap())).0 == 200));
+    assert!([&a, &b, &c]
+        .iter()
+        .all(|n| n.get(&format!("/api/v1/recordings/{}", old["id"].as_str().unwrap())).0 == 200));
     put(&b, "retention.days", json!(10));
     wait_until(Duration::from_secs(30), "the purge everywhere", || {
-        [&a, &b, &c].iter().all(|n| n.get(&format!("/api/recordings/{}", old["id"].as_str().unwrap())).0 == 404)
+        [&a, &b, &c].iter().all(|n| n.get(&format!("/api/v1/recordings/{}", old["id"].as_str().unwrap())).0 == 404)
     });
     for n in [&a, &b, &c] {
         assert_eq!(holdings(n).len(), 1, "the recent recording stays");
@@ -487,7 +489,7 @@ fn a_wrong_secret_is_refused_a_lying_peer_is_rejected_and_scrub_repairs_a_flippe
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
-    let (code, v) = b.post("/api/cluster/scrub", None);
+    let (code, v) = b.post("/api/v1/cluster/scrub", None);
     assert_eq!(code, 200, "{v}");
     assert_eq!((v["corrupt"].as_u64(), v["repaired"].as_u64()), (Some(1), Some(1)), "{v}");
     assert_eq!(store::sha256_file(&path).unwrap().0, sha, "repaired in place");

@@ -28,6 +28,35 @@ pub struct Node {
     env: Vec<(String, String)>,
     ports: (u16, u16),
     wrapper: Vec<String>,
+    /// An admin API token (user `admin`, made with `callvault users add`).
+    pub token: String,
+}
+
+/// Admin tokens of the running test nodes, by HTTP address, so
+/// [`http_json`] authenticates whatever node a URL names.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn token_for(url: &str) -> Option<String> {
+    let authority = url.split("://").nth(1)?.split('/').next()?;
+    TOKENS.lock().unwrap().iter().find(|(a, _)| a == authority).map(|(_, t)| t.clone())
+}
+
+/// The admin token of the node in `dir`: made once per data directory
+/// with the real CLI (the way an operator bootstraps the first admin).
+pub fn admin_token(dir: &Path) -> String {
+    let file = dir.join("test-admin-token");
+    if let Ok(t) = std::fs::read_to_string(&file) {
+        return t;
+    }
+    let out = Command::new(BIN)
+        .args(["users", "add", "admin", "--role", "admin", "--token", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "users add: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    std::fs::write(&file, &token).unwrap();
+    token
 }
 
 impl Node {
@@ -56,6 +85,7 @@ impl Node {
 
     fn spawn(dir: PathBuf, env: Vec<(String, String)>, ports: (u16, u16), wrapper: Vec<String>) -> Node {
         let _ = std::fs::remove_file(dir.join("listen.json"));
+        let token = admin_token(&dir);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).unwrap();
         let mut cmd = match wrapper.split_first() {
             Some((prog, args)) => {
@@ -89,11 +119,14 @@ impl Node {
             std::thread::sleep(Duration::from_millis(25));
         };
         let addr = |k: &str| listen[k].as_str().unwrap().parse().unwrap();
+        let http: SocketAddr = addr("http");
+        TOKENS.lock().unwrap().push((http.to_string(), token.clone()));
         Node {
+            token,
             child: Some(child),
             sip_udp: addr("sip_udp"),
             sip_tcp: addr("sip_tcp"),
-            http: addr("http"),
+            http,
             cluster: listen["cluster"].as_str().map(str::to_owned),
             dir,
             env,
@@ -170,8 +203,17 @@ impl Node {
         http_json("POST", &self.url(path), body)
     }
 
+    pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        http_json("PUT", &self.url(path), Some(body))
+    }
+
+    /// A GET with the node's admin token (for raw bodies: audio, metrics).
+    pub fn raw_get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        ureq::get(&self.url(path)).header("authorization", format!("Bearer {}", self.token))
+    }
+
     pub fn recordings(&self, query: &str) -> Vec<Value> {
-        let (code, v) = self.get(&format!("/api/recordings{query}"));
+        let (code, v) = self.get(&format!("/api/v1/recordings{query}"));
         assert_eq!(code, 200, "{v}");
         v["recordings"].as_array().unwrap().clone()
     }
@@ -194,7 +236,7 @@ impl Node {
     }
 
     pub fn metric(&self, name: &str) -> f64 {
-        let body = ureq::get(&self.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+        let body = self.raw_get("/metrics").call().unwrap().body_mut().read_to_string().unwrap();
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
             .unwrap_or(0.0)
@@ -227,13 +269,27 @@ pub fn read_log(dir: &Path) -> String {
 }
 
 pub fn http_json(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    http_json_as(token_for(url).as_deref(), method, url, body)
+}
+
+/// [`http_json`] with this bearer token (or none).
+pub fn http_json_as(token: Option<&str>, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
     let resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
-        (_, Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string().as_bytes()),
-        (_, None) => agent.post(url).send_empty(),
+        ("GET", _) => agent.get(url).header("authorization", &auth).call(),
+        ("DELETE", _) => agent.delete(url).header("authorization", &auth).call(),
+        ("PUT", Some(b)) => agent
+            .put(url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        (_, Some(b)) => agent
+            .post(url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .send(b.to_string().as_bytes()),
+        (_, None) => agent.post(url).header("authorization", &auth).send_empty(),
     };
     let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     let code = resp.status().as_u16();

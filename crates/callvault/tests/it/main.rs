@@ -2,6 +2,7 @@
 //! (and `bounded_state`: the recorder core and a media shard wired together
 //! on virtual time). One test binary (cf. ripgrep) so the suite links once.
 
+mod access;
 mod alerting;
 mod bad_input;
 mod bounded_state;

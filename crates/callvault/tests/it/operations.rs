@@ -210,7 +210,7 @@ fn a_stream_without_rtp_and_an_all_silent_call_are_flagged() {
         assert!(Instant::now() < deadline, "no warning in the health details: {ready}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (_, active) = node.get("/api/recordings/active");
+    let (_, active) = node.get("/api/v1/recordings/active");
     assert_eq!(active["recordings"][0]["media_alarm"], "stream_without_rtp", "{active}");
     assert_eq!(metric_value(&node, "callvault_active_recordings_with_media_alarm"), 1.0);
     let s = finish_bg(client);

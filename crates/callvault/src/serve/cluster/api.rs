@@ -21,6 +21,7 @@
 //! | `POST /tombstones` | deletions to apply |
 //! | `GET /settings`, `PUT /settings` | cluster settings (last writer wins) |
 //! | `POST /scrub` | the job leader starts this node's integrity scrub |
+//! | `GET /active` | this node's calls being recorded now (the live-calls page) |
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -53,6 +54,7 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 pub fn router(c: Arc<Cluster>) -> Router {
     Router::new()
         .route("/cluster/v1/heartbeat", post(heartbeat))
+        .route("/cluster/v1/active", get(active_here))
         .route("/cluster/v1/recordings/{id}/meta", put(put_meta).get(get_meta))
         .route("/cluster/v1/metas", put(put_metas))
         .route("/cluster/v1/metas/get", post(get_metas))
@@ -264,6 +266,23 @@ async fn audio_batch(State(c): State<Arc<Cluster>>, body: Bytes) -> Response {
         c.counters.received_copies.fetch_add(ids.len() as u64, Ordering::Relaxed);
     }
     Json(results).into_response()
+}
+
+/// This node's recordings in progress, as its index holds them.
+async fn active_here(State(c): State<Arc<Cluster>>) -> Response {
+    let ids = match c.index.active_ids().await {
+        Ok(ids) => ids,
+        Err(e) => return internal(e),
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        match c.index.get(id).await {
+            Ok(Some(m)) if m.node_id == c.me && m.state == model::RecordingState::Active => out.push(m),
+            Ok(_) => {}
+            Err(e) => return internal(e),
+        }
+    }
+    Json(out).into_response()
 }
 
 async fn get_meta(State(c): State<Arc<Cluster>>, Path(id): Path<String>) -> Response {
