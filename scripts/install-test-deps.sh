@@ -15,6 +15,9 @@ command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v dpkg-deb >/dev/null 2>&1 || need_apt+=(dpkg)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# The web UI is tested in a real browser, driven over WebDriver (tests/it/browser.rs).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -44,8 +44,9 @@ pub struct SearchParams {
     pub node: Option<String>,
     /// Call-ID, SIPREC session id, x-refci, UCID ... (exact).
     pub id: Option<String>,
-    pub min_duration_s: Option<u64>,
-    pub max_duration_s: Option<u64>,
+    /// Seconds (an empty value, as a form sends, is no filter).
+    pub min_duration_s: Option<String>,
+    pub max_duration_s: Option<String>,
     /// The cursor of the next page (`next` of the previous answer).
     pub cursor: Option<String>,
     pub limit: Option<u32>,
@@ -57,6 +58,13 @@ fn text(name: &str, v: &Option<String>) -> Result<Option<String>, Problem> {
             Err(Problem::bad_request(format!("{name} is at most {MAX_FILTER_LEN} characters")))
         }
         Some(s) => Ok(Some(s.to_owned())),
+        None => Ok(None),
+    }
+}
+
+fn seconds(name: &str, v: &Option<String>) -> Result<Option<u64>, Problem> {
+    match v.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(s) => s.parse().map(Some).map_err(|_| Problem::bad_request(format!("{name} is a number of seconds"))),
         None => Ok(None),
     }
 }
@@ -107,8 +115,8 @@ impl SearchParams {
             until: when("until", &self.until)?,
             party: text("party", &self.party)?,
             direction,
-            min_duration_ms: self.min_duration_s.map(|s| s.saturating_mul(1000)),
-            max_duration_ms: self.max_duration_s.map(|s| s.saturating_mul(1000)),
+            min_duration_ms: seconds("min_duration_s", &self.min_duration_s)?.map(|s| s.saturating_mul(1000)),
+            max_duration_ms: seconds("max_duration_s", &self.max_duration_s)?.map(|s| s.saturating_mul(1000)),
             source,
             node: text("node", &self.node)?,
             identifier: text("id", &self.id)?,

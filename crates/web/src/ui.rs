@@ -255,7 +255,7 @@ async fn recordings_page(
         direction: s(&params.direction),
         state: s(&params.state),
         id: s(&params.id),
-        min_duration: params.min_duration_s.map(|d| d.to_string()).unwrap_or_default(),
+        min_duration: s(&params.min_duration_s),
     };
     let states =
         [RecordingState::Active, RecordingState::Completed, RecordingState::Interrupted, RecordingState::Failed]
@@ -369,12 +369,16 @@ async fn recording_page(
             .streams
             .iter()
             .map(|s| {
-                let v = serde_json::to_value(s).unwrap_or_default();
-                let g = |k: &str| v.get(k).map(|x| x.to_string().trim_matches('"').to_owned()).unwrap_or_default();
-                let st = v.get("stats").cloned().unwrap_or_default();
-                let n = |k: &str| st.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                let jitter = st.get("jitter_ms").map(|x| x.to_string()).unwrap_or_default();
-                (g("label"), g("channel"), g("codec"), n("packets"), n("lost"), jitter, g("srtp"))
+                let jitter = format!("{:.2}", s.stats.jitter_ms);
+                (
+                    s.label.clone().unwrap_or_default(),
+                    s.channel.to_string(),
+                    s.codecs.join(", "),
+                    s.stats.packets,
+                    s.stats.lost,
+                    jitter,
+                    s.srtp.clone().unwrap_or_default(),
+                )
             })
             .collect(),
         history: m

@@ -6,6 +6,7 @@ mod access;
 mod alerting;
 mod bad_input;
 mod bounded_state;
+mod browser;
 mod calls;
 mod cancel;
 mod cluster;
