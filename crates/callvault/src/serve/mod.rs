@@ -379,6 +379,18 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
             },
             node.0.clone(),
         ));
+        // Expired sessions are forgotten (they are refused as soon as they expire).
+        let sessions = stores.access.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                match sessions.purge_sessions(web::now_ms()).await {
+                    Ok(n) if n > 0 => tracing::debug!(sessions = n, "expired sessions forgotten"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purging expired sessions"),
+                }
+            }
+        });
         let node_routes = http::router(http::AppState {
             admin: admin_tx.clone(),
             db: db.clone() as Arc<dyn store::RecordingIndex>,

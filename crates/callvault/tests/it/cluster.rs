@@ -674,3 +674,64 @@ fn anti_entropy_pulls_respect_the_bandwidth_cap_of_the_peer() {
     assert_eq!(holdings(&a), holdings(&c));
     assert!(c.metric("callvault_anti_entropy_throttled_ms_total") > 0.0, "the pulls waited for the cap");
 }
+
+/// Users are cluster settings: one created on A signs in on B; a search
+/// on B finds a call recorded on A; B's live-calls view shows A's call in
+/// progress; a user created with the CLI on B reaches A.
+#[test]
+fn users_search_and_live_calls_span_the_cluster() {
+    let a = member("people-a", "node-a", &[], &[]);
+    let b = member("people-b", "node-b", &[url(&a)], &[]);
+    for n in [&a, &b] {
+        wait_until(Duration::from_secs(15), "membership", || alive_peers(n) == 1);
+    }
+    let (code, v) =
+        a.put("/api/v1/users/sup", json!({ "role": "supervisor", "scope": ["+1555*"], "password": "cluster pass 1" }));
+    assert_eq!(code, 200, "{v}");
+    let sign_in_on = |n: &Node| {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let body = json!({ "user": "sup", "password": "cluster pass 1" }).to_string();
+        let mut r =
+            agent.post(&n.url("/api/v1/session")).header("content-type", "application/json").send(body).unwrap();
+        let cookie = r.headers().get("set-cookie").map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned());
+        let _ = r.body_mut().read_to_string();
+        (r.status().as_u16(), cookie)
+    };
+    let created = Instant::now();
+    wait_until(Duration::from_secs(60), "the user reaches B", || sign_in_on(&b).0 == 200);
+    eprintln!("user usable on B {:?} after its creation on A", created.elapsed());
+    let (_, cookie) = sign_in_on(&b);
+    let cookie = cookie.unwrap();
+    let get_as = |n: &Node, path: &str| -> (u16, Value) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut r = agent.get(&n.url(path)).header("cookie", &cookie).call().unwrap();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (r.status().as_u16(), serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    };
+
+    // A call in progress on A shows on B's live view (and not in B's own).
+    let client = call_bg(a.sip_udp, &["--duration", "6"]);
+    wait_until(Duration::from_secs(10), "B lists A's live call", || {
+        let (code, v) = get_as(&b, "/api/v1/recordings/active?cluster=1");
+        code == 200 && v["recordings"].as_array().unwrap().iter().any(|r| r["node_id"] == "node-a")
+    });
+    let (_, local) = get_as(&b, "/api/v1/recordings/active");
+    assert!(local["recordings"].as_array().unwrap().is_empty(), "B itself records nothing: {local}");
+    let summary = finish_bg(client);
+
+    // Finished, it is found by a search on B (replicated), in the user's scope.
+    let call_id = summary["calls"][0]["call_ids"][0].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(30), "B finds A's recording", || {
+        let (code, v) = get_as(&b, &format!("/api/v1/recordings?id={call_id}"));
+        code == 200 && v["total"] == 1 && v["recordings"][0]["node_id"] == "node-a"
+    });
+
+    // A user made with the CLI on B's data directory reaches A.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["users", "add", "cli-made", "--role", "auditor", "--data-dir"])
+        .arg(&b.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(60), "the CLI's user reaches A", || a.get("/api/v1/users/cli-made").0 == 200);
+}

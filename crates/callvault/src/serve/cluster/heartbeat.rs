@@ -37,6 +37,9 @@ impl Heartbeat {
     }
 
     async fn round(&mut self) {
+        // Settings written to the database directly (the `callvault users`
+        // command) change the digest too, so peers notice and pull them.
+        super::settings::refresh_digest(&self.c).await;
         let me = self.c.my_status();
         let urls = self.c.membership.lock().expect("membership lock").urls();
         let body = serde_json::to_value(&me).expect("status serializes");
