@@ -27,6 +27,8 @@ pub struct SessionRow {
 /// Filters for reading the audit trail, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
+    /// Another node's trail (its copy here); `None`: this node's own.
+    pub node: Option<String>,
     pub actor: Option<String>,
     pub action: Option<AuditAction>,
     /// Substring of the target (a recording id, a user name ...).
@@ -54,6 +56,17 @@ pub trait AccessStore: Send + Sync + fmt::Debug {
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, IndexError>;
     /// Entries in chain order from `after_seq` (exclusive), for verifying.
     async fn audit_range(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditRecord>, IndexError>;
+
+    /// Stores entries of another node's trail (already checked against its
+    /// chain by the caller); entries already here are left as they are.
+    async fn audit_put_replica(&self, node: &str, records: &[AuditRecord]) -> Result<(), IndexError>;
+    /// The last entry held of `node`'s trail.
+    async fn audit_replica_head(&self, node: &str) -> Result<Option<(i64, String)>, IndexError>;
+    /// Entries of `node`'s trail held here, in chain order after `after_seq`.
+    async fn audit_replica_range(&self, node: &str, after_seq: i64, limit: u32)
+        -> Result<Vec<AuditRecord>, IndexError>;
+    /// Nodes whose trails are held here.
+    async fn audit_replica_nodes(&self) -> Result<Vec<String>, IndexError>;
 }
 
 fn session_row(r: &sqlx::sqlite::SqliteRow) -> SessionRow {
@@ -177,7 +190,14 @@ impl AccessStore for SqliteIndex {
     }
 
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, IndexError> {
-        let mut b = sqlx::QueryBuilder::new(format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1=1"));
+        let mut b = match &q.node {
+            None => sqlx::QueryBuilder::new(format!("SELECT {AUDIT_COLUMNS} FROM audit WHERE 1=1")),
+            Some(n) => {
+                let mut b = sqlx::QueryBuilder::new(format!("SELECT {AUDIT_COLUMNS} FROM audit_replica WHERE node = "));
+                b.push_bind(n.clone());
+                b
+            }
+        };
         if let Some(a) = &q.actor {
             b.push(" AND actor = ").push_bind(a.clone());
         }
@@ -208,5 +228,60 @@ impl AccessStore for SqliteIndex {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn audit_put_replica(&self, node: &str, records: &[AuditRecord]) -> Result<(), IndexError> {
+        let mut tx = self.write_tx().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO audit_replica (node, seq, at, actor, client, action, target, outcome, detail, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
+            )
+            .bind(node)
+            .bind(r.seq)
+            .bind(r.event.at_ms)
+            .bind(&r.event.actor)
+            .bind(&r.event.from)
+            .bind(r.event.action.as_str())
+            .bind(&r.event.target)
+            .bind(&r.event.outcome)
+            .bind(&r.event.detail)
+            .bind(&r.prev_hash)
+            .bind(&r.hash)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_replica_head(&self, node: &str) -> Result<Option<(i64, String)>, IndexError> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_replica WHERE node = ?1 ORDER BY seq DESC LIMIT 1")
+            .bind(node)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn audit_replica_range(
+        &self,
+        node: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, IndexError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_replica WHERE node = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))
+        .bind(node)
+        .bind(after_seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(audit_row).collect())
+    }
+
+    async fn audit_replica_nodes(&self) -> Result<Vec<String>, IndexError> {
+        let rows = sqlx::query("SELECT DISTINCT node FROM audit_replica ORDER BY node").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

@@ -156,6 +156,17 @@ pub async fn access_store(st: &dyn AccessStore) {
     let q = AuditQuery { target: Some("get-4".into()), ..Default::default() };
     assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![5], "target substring");
     assert_eq!(seqs(st.audit_range(3, 10).await.unwrap()), vec![4, 5]);
+
+    // Another node's trail, held here: stored once, read back in order.
+    assert_eq!(st.audit_replica_head("node-x").await.unwrap(), None);
+    st.audit_put_replica("node-x", &all[..3]).await.unwrap();
+    st.audit_put_replica("node-x", &all[1..]).await.unwrap();
+    assert_eq!(st.audit_replica_head("node-x").await.unwrap(), Some((5, all[4].hash.clone())));
+    let copy = st.audit_replica_range("node-x", 0, 100).await.unwrap();
+    assert_eq!(copy, all, "the copy is the chain");
+    assert_eq!(st.audit_replica_nodes().await.unwrap(), vec!["node-x".to_owned()]);
+    let q = AuditQuery { node: Some("node-x".into()), actor: Some("bob".into()), ..Default::default() };
+    assert_eq!(seqs(st.audit_list(&q).await.unwrap()), vec![5, 4]);
 }
 
 fn ids(ms: &[RecordingMeta]) -> Vec<RecordingId> {

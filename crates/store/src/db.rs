@@ -49,6 +49,20 @@ impl<'s> MigrationSource<'s> for Embedded {
                     Cow::Borrowed(include_str!("../migrations/0003_access.sql")),
                     false,
                 ),
+                Migration::new(
+                    4,
+                    Cow::Borrowed("search"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0004_search.sql")),
+                    false,
+                ),
+                Migration::new(
+                    5,
+                    Cow::Borrowed("audit replica"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0005_audit_replica.sql")),
+                    false,
+                ),
             ])
         })
     }
@@ -116,6 +130,11 @@ impl SqliteIndex {
     /// Fills `parties` and `identifiers` for recordings indexed before
     /// they existed (a database from an older version), once.
     async fn backfill_search_tables(&self) -> Result<(), IndexError> {
+        // Done once (PRAGMA user_version 1): the check scans every row.
+        let version: i64 = sqlx::query("PRAGMA user_version").fetch_one(&self.pool).await?.get(0);
+        if version >= 1 {
+            return Ok(());
+        }
         loop {
             let rows = sqlx::query(
                 "SELECT id, meta_json FROM recordings r WHERE NOT EXISTS
@@ -128,39 +147,50 @@ impl SqliteIndex {
             let mut tx = self.write_tx().await?;
             for r in &rows {
                 let meta = decode(&r.get::<String, _>(0), r.get::<String, _>(1))?;
-                filled += Self::write_search_rows(&mut tx, &meta).await?;
+                filled += Self::insert_search_rows(&mut tx, &meta.id.to_string(), &meta).await?;
             }
             tx.commit().await?;
             if filled == 0 {
+                sqlx::query("PRAGMA user_version = 1").execute(&self.pool).await?;
                 return Ok(());
             }
         }
     }
 
-    /// The search rows of one recording; returns how many it has.
-    async fn write_search_rows(
+    /// The search rows (parties, identifiers) of one recording, whose
+    /// old rows are gone; returns how many it has.
+    async fn insert_search_rows(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        id: &str,
         meta: &RecordingMeta,
     ) -> Result<usize, IndexError> {
-        let id = meta.id.to_string();
-        sqlx::query("DELETE FROM parties WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
-        sqlx::query("DELETE FROM identifiers WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
         let (parties, ids) = (meta.party_users(), meta.identifiers());
-        for p in &parties {
-            sqlx::query("INSERT INTO parties (recording_id, party) VALUES (?1, ?2)")
-                .bind(&id)
-                .bind(p)
-                .execute(&mut **tx)
-                .await?;
-        }
-        for v in &ids {
-            sqlx::query("INSERT INTO identifiers (recording_id, value) VALUES (?1, ?2)")
-                .bind(&id)
-                .bind(v)
-                .execute(&mut **tx)
-                .await?;
+        for (table, column, values) in [("parties", "party", &parties), ("identifiers", "value", &ids)] {
+            if values.is_empty() {
+                continue;
+            }
+            let mut b = sqlx::QueryBuilder::new(format!("INSERT INTO {table} (recording_id, {column}) "));
+            b.push_values(values.iter(), |mut row, v| {
+                row.push_bind(id).push_bind(v);
+            });
+            b.build().execute(&mut **tx).await?;
         }
         Ok(parties.len() + ids.len())
+    }
+
+    /// Marks which copy of a call search lists (the others stay findable
+    /// by id and as `copies`).
+    pub(crate) async fn relist(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, call_key: &str) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE recordings SET listed = (id = (SELECT r2.id FROM recordings r2 WHERE r2.call_key = ?1
+                 ORDER BY CASE r2.state WHEN 'completed' THEN 0 WHEN 'active' THEN 1 WHEN 'interrupted' THEN 2 ELSE 3 END,
+                          r2.duration_ms DESC, r2.node_id, r2.id LIMIT 1))
+             WHERE call_key = ?1",
+        )
+        .bind(call_key)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Bytes the database file holds once the write-ahead log is folded in
@@ -203,7 +233,8 @@ impl SqliteIndex {
                  audio_bytes = excluded.audio_bytes, sha256 = excluded.sha256, meta_json = excluded.meta_json,
                  updated_at = excluded.updated_at, call_key = excluded.call_key,
                  audio_here = max(recordings.audio_here, excluded.audio_here)
-             WHERE recordings.state = 'active' OR excluded.state <> 'active'",
+             WHERE recordings.state = 'active' OR excluded.state <> 'active'
+             RETURNING rowid",
         )
         .bind(&id)
         .bind(&meta.node_id.0)
@@ -224,11 +255,13 @@ impl SqliteIndex {
         .bind(ms(OffsetDateTime::now_utc()))
         .bind(&meta.call_key)
         .bind(audio_here as i64)
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-        if result.rows_affected() == 0 {
+        let Some(rowid) = result.map(|r| r.get::<i64, _>(0)) else {
             return Ok(false); // a stale active snapshot; the final one stays
-        }
+        };
+        // A recording indexed for the first time has no old rows to replace.
+        let fresh = before.is_none();
         // Anti-entropy: the old version leaves its bucket, the new one enters.
         let sha = meta.audio.as_ref().and_then(|a| a.sha256.clone());
         if let Some((state, old_sha, old_here, old_started)) = &before {
@@ -242,33 +275,49 @@ impl SqliteIndex {
             let v = if here { Version::Audio(sha) } else { Version::MetaOnly(sha) };
             toggle_bucket(tx, meta.id, ms(meta.started_at), &v, true).await?;
         }
-        sqlx::query("DELETE FROM participants WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
-        for (i, p) in meta.participants.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO participants (recording_id, position, name, aor, number, role, channel)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .bind(&id)
-            .bind(i as i64)
-            .bind(&p.name)
-            .bind(&p.aor)
-            .bind(&p.number)
-            .bind(&p.role)
-            .bind(p.channel.map(i64::from))
+        if !fresh {
+            for table in ["participants", "state_changes", "parties", "identifiers"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE recording_id = ?1"))
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            sqlx::query("DELETE FROM recordings_fts WHERE rowid = ?1").bind(rowid).execute(&mut **tx).await?;
+        }
+        if !meta.participants.is_empty() {
+            let mut b = sqlx::QueryBuilder::new(
+                "INSERT INTO participants (recording_id, position, name, aor, number, role, channel) ",
+            );
+            b.push_values(meta.participants.iter().enumerate(), |mut row, (i, p)| {
+                row.push_bind(&id)
+                    .push_bind(i as i64)
+                    .push_bind(&p.name)
+                    .push_bind(&p.aor)
+                    .push_bind(&p.number)
+                    .push_bind(&p.role)
+                    .push_bind(p.channel.map(i64::from));
+            });
+            b.build().execute(&mut **tx).await?;
+        }
+        if !meta.state_history.is_empty() {
+            let mut b = sqlx::QueryBuilder::new("INSERT INTO state_changes (recording_id, seq, state, at, reason) ");
+            b.push_values(meta.state_history.iter().enumerate(), |mut row, (i, c)| {
+                row.push_bind(&id)
+                    .push_bind(i as i64)
+                    .push_bind(c.state.as_str())
+                    .push_bind(ms(c.at))
+                    .push_bind(&c.reason);
+            });
+            b.build().execute(&mut **tx).await?;
+        }
+        Self::insert_search_rows(tx, &id, meta).await?;
+        sqlx::query("INSERT INTO recordings_fts (rowid, parties) VALUES (?1, ?2)")
+            .bind(rowid)
+            .bind(party_text(meta))
             .execute(&mut **tx)
             .await?;
-        }
-        Self::write_search_rows(tx, meta).await?;
-        sqlx::query("DELETE FROM state_changes WHERE recording_id = ?1").bind(&id).execute(&mut **tx).await?;
-        for (i, c) in meta.state_history.iter().enumerate() {
-            sqlx::query("INSERT INTO state_changes (recording_id, seq, state, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .bind(&id)
-                .bind(i as i64)
-                .bind(c.state.as_str())
-                .bind(ms(c.at))
-                .bind(&c.reason)
-                .execute(&mut **tx)
-                .await?;
+        if let Some(key) = &meta.call_key {
+            Self::relist(tx, key).await?;
         }
         Ok(true)
     }
@@ -359,6 +408,21 @@ impl RecordingIndex for SqliteIndex {
     }
 }
 
+/// Every party's name, number and address in one text, for the trigram index.
+fn party_text(meta: &RecordingMeta) -> String {
+    let mut text = String::new();
+    let parts = meta
+        .caller
+        .iter()
+        .chain(meta.callee.iter())
+        .chain(meta.participants.iter().flat_map(|p| p.name.iter().chain(p.number.iter()).chain(p.aor.iter())));
+    for part in parts {
+        text.push_str(part);
+        text.push(' ');
+    }
+    text
+}
+
 /// The WHERE clauses of a search (`with_cursor`: also the keyset cursor).
 fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, with_cursor: bool) {
     if let Some(state) = q.state {
@@ -389,13 +453,21 @@ fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, wit
         b.push(" AND r.id IN (SELECT recording_id FROM identifiers WHERE value = ").push_bind(v.clone()).push(")");
     }
     if let Some(p) = &q.party {
-        let pat = format!("%{}%", like_escape(p));
-        b.push(" AND (caller LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\' OR callee LIKE ");
-        b.push_bind(pat.clone()).push(
-            " ESCAPE '\\' OR EXISTS (SELECT 1 FROM participants p WHERE p.recording_id = r.id AND (p.number LIKE ",
-        );
-        b.push_bind(pat.clone()).push(" ESCAPE '\\' OR p.name LIKE ").push_bind(pat.clone());
-        b.push(" ESCAPE '\\' OR p.aor LIKE ").push_bind(pat).push(" ESCAPE '\\')))");
+        if p.chars().count() >= 3 {
+            // The trigram index finds any substring of 3+ characters.
+            let phrase = format!("\"{}\"", p.replace('"', "\"\""));
+            b.push(" AND r.rowid IN (SELECT rowid FROM recordings_fts WHERE recordings_fts MATCH ")
+                .push_bind(phrase)
+                .push(")");
+        } else {
+            let pat = format!("%{}%", like_escape(p));
+            b.push(" AND (caller LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\' OR callee LIKE ");
+            b.push_bind(pat.clone()).push(
+                " ESCAPE '\\' OR EXISTS (SELECT 1 FROM participants p WHERE p.recording_id = r.id AND (p.number LIKE ",
+            );
+            b.push_bind(pat.clone()).push(" ESCAPE '\\' OR p.name LIKE ").push_bind(pat.clone());
+            b.push(" ESCAPE '\\' OR p.aor LIKE ").push_bind(pat).push(" ESCAPE '\\')))");
+        }
     }
     if let Some(scope) = &q.scope {
         // An empty scope sees nothing.
@@ -416,11 +488,7 @@ fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, wit
     }
     // One logical recording per call: of the copies sharing a call key
     // (the call forked to several recorders), the best one is listed.
-    b.push(
-        " AND (r.call_key IS NULL OR r.id = (SELECT r2.id FROM recordings r2 WHERE r2.call_key = r.call_key
-           ORDER BY CASE r2.state WHEN 'completed' THEN 0 WHEN 'active' THEN 1 WHEN 'interrupted' THEN 2 ELSE 3 END,
-                    r2.duration_ms DESC, r2.node_id, r2.id LIMIT 1))",
-    );
+    b.push(" AND +r.listed = 1");
 }
 
 /// `text` as a literal inside a LIKE pattern (with `ESCAPE '\'`).

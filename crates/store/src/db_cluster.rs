@@ -117,10 +117,12 @@ impl ClusterIndex for SqliteIndex {
         if sqlx::query("SELECT 1 FROM tombstones WHERE id = ?1").bind(&id).fetch_optional(&mut *tx).await?.is_some() {
             return Ok(None);
         }
-        let row = sqlx::query("SELECT meta_json, state, sha256, audio_here, started_at FROM recordings WHERE id = ?1")
-            .bind(&id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(
+            "SELECT meta_json, state, sha256, audio_here, started_at, rowid, call_key FROM recordings WHERE id = ?1",
+        )
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let mut deleted = None;
         if let Some(r) = row {
             let state: String = r.get(1);
@@ -130,7 +132,14 @@ impl ClusterIndex for SqliteIndex {
                 toggle_bucket(&mut tx, t.id, r.get(4), &v, false).await?;
             }
             deleted = Some(decode(&id, r.get(0))?);
+            sqlx::query("DELETE FROM recordings_fts WHERE rowid = ?1")
+                .bind(r.get::<i64, _>(5))
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM recordings WHERE id = ?1").bind(&id).execute(&mut *tx).await?;
+            if let Some(key) = r.get::<Option<String>, _>(6) {
+                SqliteIndex::relist(&mut tx, &key).await?;
+            }
         }
         sqlx::query("INSERT INTO tombstones (id, started_at, deleted_at, stamp, reason) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(&id)

@@ -81,6 +81,15 @@ document.addEventListener("DOMContentLoaded", () => {
     try { await api("PUT", form.dataset.api + encodeURIComponent(f.get("name")), body); location.reload(); }
     catch (e) { document.getElementById("user-result").textContent = e.message; }
   });
+  const setting = document.getElementById("setting-form");
+  if (setting) setting.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const f = new FormData(setting), out = document.getElementById("setting-result");
+    try {
+      await api("PUT", "/api/v1/settings/" + encodeURIComponent(f.get("key")), { value: JSON.parse(f.get("value")) });
+      out.textContent = "saved"; pollPre(document.getElementById("settings"));
+    } catch (e) { out.textContent = e.message; }
+  });
   document.querySelectorAll("button.post").forEach(b => b.addEventListener("click", async () => {
     const out = b.parentElement.querySelector(".post-result");
     try { out.textContent = JSON.stringify(await api("POST", b.dataset.api, JSON.parse(b.dataset.body))); }

@@ -318,6 +318,8 @@ async fn token_revoke(State(web): State<Arc<Web>>, Path(id): Path<String>) -> Re
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditParams {
+    /// Another node's trail (copied here); default this node's.
+    pub node: Option<String>,
     pub actor: Option<String>,
     pub action: Option<String>,
     pub target: Option<String>,
@@ -328,7 +330,12 @@ pub struct AuditParams {
 }
 
 impl AuditParams {
-    pub fn query(&self) -> Result<AuditQuery, Problem> {
+    /// The trail asked for: `None` for this node's own (`me`).
+    pub fn node(&self, me: &str) -> Option<String> {
+        self.node.clone().filter(|n| !n.is_empty() && n != me)
+    }
+
+    pub fn query(&self, me: &str) -> Result<AuditQuery, Problem> {
         let action = match self.action.as_deref().filter(|a| !a.is_empty()) {
             Some(a) => {
                 Some(AuditAction::parse(a).ok_or_else(|| Problem::bad_request(format!("unknown action {a:?}")))?)
@@ -336,6 +343,7 @@ impl AuditParams {
             None => None,
         };
         Ok(AuditQuery {
+            node: self.node(me),
             actor: self.actor.clone().filter(|a| !a.is_empty()),
             action,
             target: self.target.clone().filter(|t| !t.is_empty()),
@@ -352,18 +360,22 @@ async fn audit_list(
     q: Result<Query<AuditParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Problem> {
     let Query(q) = q.map_err(bad_query)?;
-    let q = q.query()?;
+    let q = q.query(&web.node_id)?;
     let entries = web.access.audit_list(&q).await.map_err(|e| Problem::internal("audit trail", e))?;
     let next = (entries.len() as u32 == q.limit).then(|| entries.last().map(|e| e.seq)).flatten();
     Ok(Json(json!({ "entries": entries, "next_before": next })).into_response())
 }
 
-/// Walks the whole chain.
-pub async fn verify_chain(web: &Web) -> Result<serde_json::Value, Problem> {
+/// Walks the whole chain of this node's trail, or of `node`'s copy here.
+pub async fn verify_chain(web: &Web, node: Option<&str>) -> Result<serde_json::Value, Problem> {
     let mut last: Option<(i64, String)> = None;
     loop {
         let after = last.as_ref().map_or(0, |l| l.0);
-        let batch = web.access.audit_range(after, 5000).await.map_err(|e| Problem::internal("audit trail", e))?;
+        let batch = match node {
+            None => web.access.audit_range(after, 5000).await,
+            Some(n) => web.access.audit_replica_range(n, after, 5000).await,
+        }
+        .map_err(|e| Problem::internal("audit trail", e))?;
         if batch.is_empty() {
             break;
         }
@@ -375,8 +387,22 @@ pub async fn verify_chain(web: &Web) -> Result<serde_json::Value, Problem> {
     Ok(json!({ "intact": true, "entries": last.as_ref().map_or(0, |l| l.0), "head": last.map(|l| l.1) }))
 }
 
-async fn audit_verify_route(State(web): State<Arc<Web>>) -> Result<Response, Problem> {
-    Ok(Json(verify_chain(&web).await?).into_response())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyParams {
+    node: Option<String>,
+}
+
+async fn audit_verify_route(
+    State(web): State<Arc<Web>>,
+    q: Result<Query<VerifyParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let Query(q) = q.map_err(bad_query)?;
+    let node = q.node.filter(|n| !n.is_empty() && *n != web.node_id);
+    let mut v = verify_chain(&web, node.as_deref()).await?;
+    v["node"] = json!(node.unwrap_or_else(|| web.node_id.clone()));
+    v["nodes_held"] = json!(web.access.audit_replica_nodes().await.unwrap_or_default());
+    Ok(Json(v).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]

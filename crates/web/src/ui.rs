@@ -431,6 +431,9 @@ struct AuditRow {
 #[template(path = "audit.html")]
 struct AuditPage {
     nav: Nav,
+    /// Whose trail is shown, and the trails held here.
+    node: String,
+    nodes: Vec<String>,
     actor: String,
     action: String,
     target: String,
@@ -449,7 +452,7 @@ async fn audit_page(
         Ok(Query(q)) => q,
         Err(e) => return error_page(&web, Some(&p), StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let query = match params.query() {
+    let query = match params.query(&web.node_id) {
         Ok(q) => q,
         Err(e) => return error_page(&web, Some(&p), StatusCode::BAD_REQUEST, e.detail),
     };
@@ -457,7 +460,8 @@ async fn audit_page(
         Ok(e) => e,
         Err(e) => return Problem::internal("audit trail", e).into_response(),
     };
-    let chain = match crate::api::verify_chain(&web).await {
+    let node = params.node(&web.node_id);
+    let chain = match crate::api::verify_chain(&web, node.as_deref()).await {
         Ok(v) if v["intact"] == true => format!("intact ({} entries)", v["entries"]),
         Ok(v) => format!("BROKEN at entry {}: {}", v["break"]["seq"], v["break"]["why"]),
         Err(e) => e.detail,
@@ -465,7 +469,12 @@ async fn audit_page(
     let next = match (entries.len() as u32 == query.limit, entries.last()) {
         (true, Some(last)) => {
             let mut q = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in [("actor", &params.actor), ("action", &params.action), ("target", &params.target)] {
+            for (k, v) in [
+                ("node", &params.node),
+                ("actor", &params.actor),
+                ("action", &params.action),
+                ("target", &params.target),
+            ] {
                 if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
                     q.append_pair(k, v);
                 }
@@ -477,8 +486,11 @@ async fn audit_page(
     };
     let when =
         |ms: i64| OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).map(fmt_time).unwrap_or_default();
+    let nodes = web.access.audit_replica_nodes().await.unwrap_or_default();
     page(AuditPage {
         nav: Nav::of(&web, Some(&p)),
+        node: node.unwrap_or_else(|| web.node_id.clone()),
+        nodes: std::iter::once(web.node_id.clone()).chain(nodes).collect(),
         actor: params.actor.clone().unwrap_or_default(),
         action: params.action.clone().unwrap_or_default(),
         target: params.target.clone().unwrap_or_default(),

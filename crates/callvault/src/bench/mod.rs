@@ -9,10 +9,14 @@
 //!   anti-entropy cost.
 //! - [`media`]: CPU per packet of the media path for each stream kind
 //!   (plain G.711, each SRTP suite) against plain G.711 and a parse floor.
+//! - [`search`]: search latency over a generated index of (by default) a
+//!   million recordings, time to first audio byte and list API requests/s,
+//!   each against the same work done in-process.
 
 mod ingest;
 mod media;
 mod replication;
+mod search;
 mod soak;
 
 use std::net::SocketAddr;
@@ -48,6 +52,8 @@ pub enum BenchMode {
     Replication(ReplicationArgs),
     /// CPU per packet of the media path per stream kind (G.711, SRTP suites)
     Media(media::MediaArgs),
+    /// Search latency over a large index, first audio byte, list API requests/s
+    Search(search::SearchArgs),
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -57,6 +63,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchMode::Soak(a)) => soak::run(a),
         Some(BenchMode::Replication(a)) => replication::run(a),
         Some(BenchMode::Media(a)) => media::run(a),
+        Some(BenchMode::Search(a)) => search::run(a),
     }
 }
 

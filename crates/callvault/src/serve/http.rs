@@ -495,6 +495,8 @@ async fn cluster_figures(c: &Arc<Cluster>) -> metrics::ClusterFigures {
         scrub_corrupt: k.scrub_corrupt.load(Relaxed),
         scrub_repaired: k.scrub_repaired.load(Relaxed),
         purged: k.purged.load(Relaxed),
+        audit_copied: k.audit_copied.load(Relaxed),
+        audit_chain_breaks: k.audit_chain_breaks.load(Relaxed),
         lag_ms_max: k.lag_ms_max.load(Relaxed),
         targets,
     }

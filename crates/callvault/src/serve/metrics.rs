@@ -59,6 +59,8 @@ pub struct ClusterFigures {
     pub scrub_corrupt: u64,
     pub scrub_repaired: u64,
     pub purged: u64,
+    pub audit_copied: u64,
+    pub audit_chain_breaks: u64,
     pub lag_ms_max: u64,
     /// (target, depth, oldest item age in seconds, failing items)
     pub targets: Vec<(String, u64, f64, u64)>,
@@ -454,6 +456,13 @@ fn encode_cluster(enc: &mut DescriptorEncoder, c: &ClusterFigures) -> Result<(),
     counter(enc, "callvault_scrub_corrupt", "Stored audio files whose checksum no longer matched", c.scrub_corrupt)?;
     counter(enc, "callvault_scrub_repaired", "Corrupt copies repaired from a peer", c.scrub_repaired)?;
     counter(enc, "callvault_retention_purged", "Recordings deleted by the retention purge on this node", c.purged)?;
+    counter(enc, "callvault_audit_copied", "Audit entries copied here from the other nodes' trails", c.audit_copied)?;
+    counter(
+        enc,
+        "callvault_audit_chain_breaks",
+        "Copies of a peer's audit trail refused because they did not continue its chain (tampering?)",
+        c.audit_chain_breaks,
+    )?;
     gauge(
         enc,
         "callvault_replication_lag_max_ms",

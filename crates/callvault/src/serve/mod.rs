@@ -173,7 +173,18 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     let runner = background::Runner::new(background::Registry::default(), stop_workers);
     let cluster = if cfg.cluster.enabled() {
         let blobs = stores.archive.blobs().clone();
-        Some(cluster::start(node.clone(), cfg.cluster.clone(), db.clone(), blobs, dir.root(), &runner).await?)
+        Some(
+            cluster::start(
+                node.clone(),
+                cfg.cluster.clone(),
+                db.clone(),
+                stores.access.clone(),
+                blobs,
+                dir.root(),
+                &runner,
+            )
+            .await?,
+        )
     } else {
         None
     };

@@ -734,4 +734,16 @@ fn users_search_and_live_calls_span_the_cluster() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_until(Duration::from_secs(60), "the CLI's user reaches A", || a.get("/api/v1/users/cli-made").0 == 200);
+
+    // A's audit trail is copied to B, checked against its chain: an auditor
+    // on B finds what the supervisor did on A.
+    wait_until(Duration::from_secs(30), "A's trail on B", || {
+        let (_, v) = b.get("/api/v1/audit?node=node-a&actor=admin&action=user_change");
+        v["entries"].as_array().is_some_and(|e| e.iter().any(|e| e["target"] == "sup"))
+    });
+    let (_, v) = b.get("/api/v1/audit/verify?node=node-a");
+    assert_eq!(v["intact"], true, "{v}");
+    assert!(v["entries"].as_i64().unwrap() >= 3, "{v}");
+    assert!(b.metric("callvault_audit_copied_total") >= 3.0);
+    assert_eq!(b.metric("callvault_audit_chain_breaks_total"), 0.0);
 }

@@ -22,6 +22,7 @@
 //! | `GET /settings`, `PUT /settings` | cluster settings (last writer wins) |
 //! | `POST /scrub` | the job leader starts this node's integrity scrub |
 //! | `GET /active` | this node's calls being recorded now (the live-calls page) |
+//! | `GET /audit?after=N` | this node's audit entries after sequence N, in chain order (copied by peers) |
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -55,6 +56,7 @@ pub fn router(c: Arc<Cluster>) -> Router {
     Router::new()
         .route("/cluster/v1/heartbeat", post(heartbeat))
         .route("/cluster/v1/active", get(active_here))
+        .route("/cluster/v1/audit", get(audit_after))
         .route("/cluster/v1/recordings/{id}/meta", put(put_meta).get(get_meta))
         .route("/cluster/v1/metas", put(put_metas))
         .route("/cluster/v1/metas/get", post(get_metas))
@@ -266,6 +268,22 @@ async fn audio_batch(State(c): State<Arc<Cluster>>, body: Bytes) -> Response {
         c.counters.received_copies.fetch_add(ids.len() as u64, Ordering::Relaxed);
     }
     Json(results).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditAfter {
+    after: i64,
+}
+
+/// Entries of this node's audit trail after a sequence number (at most 1000).
+async fn audit_after(State(c): State<Arc<Cluster>>, Query(q): Query<AuditAfter>) -> Response {
+    let Some(access) = &c.access else {
+        return refuse(StatusCode::NOT_FOUND, "no audit trail here");
+    };
+    match access.audit_range(q.after.max(0), super::audit::BATCH).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => internal(e),
+    }
 }
 
 /// This node's recordings in progress, as its index holds them.

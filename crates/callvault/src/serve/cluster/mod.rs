@@ -7,6 +7,7 @@
 
 pub mod antientropy;
 pub mod api;
+pub mod audit;
 pub mod client;
 pub mod heartbeat;
 pub mod jobs;
@@ -44,6 +45,9 @@ pub struct ClusterCounters {
     pub scrub_repaired: AtomicU64,
     pub scrub_corrupt: AtomicU64,
     pub purged: AtomicU64,
+    /// Audit entries copied from peers, and peer trails that failed their chain check.
+    pub audit_copied: AtomicU64,
+    pub audit_chain_breaks: AtomicU64,
     /// Milliseconds from a recording's end to its verified copy on a target (sum, count, max).
     pub lag_ms_sum: AtomicU64,
     pub lag_count: AtomicU64,
@@ -74,6 +78,8 @@ pub struct Cluster {
     pub pull_buckets: Mutex<std::collections::HashMap<String, cluster::TokenBucket>>,
     /// The cluster API's TLS settings (none without TLS), for reloads.
     pub server_tls: Option<tls::ServerTls>,
+    /// This node's audit trail (served to peers) and the copies of theirs.
+    pub access: Option<Arc<dyn store::AccessStore>>,
     pub secret: Vec<u8>,
     pub local: Mutex<LocalState>,
     pub settings_digest: Mutex<String>,
@@ -142,6 +148,7 @@ impl Cluster {
             membership: Mutex::new(membership),
             client,
             server_tls: None,
+            access: None,
             pull_buckets: Mutex::new(std::collections::HashMap::new()),
             secret,
             local: Mutex::new(LocalState::default()),
@@ -362,10 +369,12 @@ impl Cluster {
 
 /// Binds the inter-node API and starts heartbeats, anti-entropy, the jobs
 /// and a replication worker per target (targets appear as peers do).
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     me: NodeId,
     mut cfg: ClusterConfig,
     index: Arc<dyn ClusterIndex>,
+    access: Arc<dyn store::AccessStore>,
     blobs: Arc<dyn BlobStore>,
     data_root: &std::path::Path,
     runner: &background::Runner,
@@ -386,6 +395,7 @@ pub async fn start(
     let client_tls = tls::client_config(&cfg)?;
     let mut c = Cluster::new(me, cfg, secret, index, blobs, incoming, client_tls);
     Arc::get_mut(&mut c).expect("not shared yet").server_tls = server_tls.clone();
+    Arc::get_mut(&mut c).expect("not shared yet").access = Some(access);
     for url in c.index.peers().await.unwrap_or_default() {
         c.membership.lock().expect("membership lock").add(&url);
     }
@@ -408,6 +418,7 @@ pub async fn start(
     runner.spawn(heartbeat::Heartbeat::new(c.clone()));
     runner.spawn(antientropy::AntiEntropy::new(c.clone(), data_root.join("last-sync")));
     runner.spawn(jobs::Jobs::new(c.clone()));
+    runner.spawn(audit::AuditCopy::new(c.clone()));
     // A replication worker for every target, including ones that appear later.
     {
         let (c, runner) = (c.clone(), runner.clone());
