@@ -61,6 +61,31 @@ fn open(cfg: &Config) -> anyhow::Result<(Stores, tokio::runtime::Runtime)> {
     Ok((stores, rt))
 }
 
+fn print_list(recs: &[RecordingMeta], json: bool) -> anyhow::Result<()> {
+    if json {
+        for r in recs {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!("{:<36}  {:<25}  {:>9}  {:<11}  {:<8}  PARTIES", "ID", "STARTED", "DURATION", "STATE", "SOURCE");
+    for r in recs {
+        // Escaped again here: recordings stored by older versions kept raw bytes.
+        let party = |p: &Option<String>| model::escape_control(p.as_deref().unwrap_or("?"));
+        println!(
+            "{:<36}  {:<25}  {:>8.1}s  {:<11}  {:<8}  {} -> {}",
+            r.id,
+            short_time(r.started_at),
+            r.duration_ms as f64 / 1000.0,
+            r.state,
+            format!("{:?}", r.source).to_lowercase(),
+            party(&r.caller),
+            party(&r.callee),
+        );
+    }
+    Ok(())
+}
+
 fn short_time(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -74,30 +99,7 @@ pub fn recordings(cfg: Config, action: RecordingsAction) -> anyhow::Result<()> {
                 since.map(|s| OffsetDateTime::parse(&s, &Rfc3339)).transpose().context("--since wants RFC 3339")?;
             let q = ListQuery { state, party, since, limit, ..Default::default() };
             let recs = rt.block_on(db.list(&q))?;
-            if json {
-                for r in &recs {
-                    println!("{}", serde_json::to_string(r)?);
-                }
-            } else {
-                println!(
-                    "{:<36}  {:<25}  {:>9}  {:<11}  {:<8}  PARTIES",
-                    "ID", "STARTED", "DURATION", "STATE", "SOURCE"
-                );
-                for r in &recs {
-                    // Escaped again here: recordings stored by older versions kept raw bytes.
-                    let party = |p: &Option<String>| model::escape_control(p.as_deref().unwrap_or("?"));
-                    println!(
-                        "{:<36}  {:<25}  {:>8.1}s  {:<11}  {:<8}  {} -> {}",
-                        r.id,
-                        short_time(r.started_at),
-                        r.duration_ms as f64 / 1000.0,
-                        r.state,
-                        format!("{:?}", r.source).to_lowercase(),
-                        party(&r.caller),
-                        party(&r.callee),
-                    );
-                }
-            }
+            print_list(&recs, json)?;
         }
         RecordingsAction::Show { id } => {
             let meta = get(&rt, db, &id)?;
@@ -138,6 +140,66 @@ fn export_blob(blobs: &dyn store::BlobStore, key: &BlobKey, out: &std::path::Pat
     }
     file.sync_all()?;
     Ok(store::blob::hex(&hash.finalize()))
+}
+
+/// `callvault recordings --url`: the same commands through a node's API
+/// (the caller's role and scope apply; every access is audited there).
+pub fn remote_recordings(url: &str, action: RecordingsAction) -> anyhow::Result<()> {
+    let base = url.trim_end_matches('/');
+    let get = |path: &str| -> anyhow::Result<serde_json::Value> { http_call("GET", &format!("{base}{path}"), None) };
+    match action {
+        RecordingsAction::List { state, party, since, limit, json } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            if let Some(s) = state {
+                q.append_pair("state", s.as_str());
+            }
+            if let Some(p) = &party {
+                q.append_pair("party", p);
+            }
+            if let Some(s) = &since {
+                q.append_pair("since", s);
+            }
+            let v = get(&format!("/api/v1/recordings?{}", q.finish()))?;
+            let recs: Vec<RecordingMeta> = serde_json::from_value(v["recordings"].clone())?;
+            print_list(&recs, json)?;
+            eprintln!("{} of {} matching", recs.len(), v["total"]);
+        }
+        RecordingsAction::Show { id } => {
+            let v = get(&format!("/api/v1/recordings/{id}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        RecordingsAction::Export { id, out, metadata } => {
+            use sha2::Digest;
+            let v = get(&format!("/api/v1/recordings/{id}"))?;
+            let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+            let mut resp = authed(agent.get(&format!("{base}/api/v1/recordings/{id}/audio?download=1"))).call()?;
+            if resp.status() != 200 {
+                bail!("the node answered {} for the audio", resp.status());
+            }
+            let mut reader = resp.body_mut().with_config().limit(u64::MAX).reader();
+            let mut file = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let mut hash = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = std::io::Read::read(&mut reader, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buf[..n]);
+                file.write_all(&buf[..n])?;
+            }
+            let sha: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            if v["audio"]["sha256"].as_str().is_some_and(|want| want != sha) {
+                bail!("checksum mismatch: {} has {sha}, metadata says {}", out.display(), v["audio"]["sha256"]);
+            }
+            if metadata {
+                std::fs::write(out.with_extension("json"), serde_json::to_vec_pretty(&v)?)?;
+            }
+            eprintln!("exported {} (sha256 {sha})", out.display());
+        }
+    }
+    Ok(())
 }
 
 fn get(rt: &tokio::runtime::Runtime, db: &dyn RecordingIndex, id: &str) -> anyhow::Result<RecordingMeta> {
@@ -212,6 +274,12 @@ pub enum ClusterAction {
     AntiEntropy,
     /// Forget a node that left for good (no target any more; its queue is dropped).
     Forget { node: String },
+    /// Refuse new calls on this node (503) so the platform sends them
+    /// elsewhere; calls in progress go on. `--off` takes calls again.
+    Drain {
+        #[arg(long)]
+        off: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +416,11 @@ pub fn cluster(cfg: Config, action: ClusterAction) -> anyhow::Result<()> {
         ClusterAction::AntiEntropy => {
             http_call("POST", &format!("{base}/api/v1/cluster/anti-entropy"), None)?;
             println!("anti-entropy round started");
+        }
+        ClusterAction::Drain { off } => {
+            let body = serde_json::json!({ "draining": !off });
+            http_call("POST", &format!("{base}/api/v1/drain"), Some(body))?;
+            println!("{}", if off { "taking calls again" } else { "draining: new calls are refused with 503" });
         }
     }
     Ok(())

@@ -69,6 +69,11 @@ enum Command {
     Recordings {
         #[command(flatten)]
         node: NodeArgs,
+        /// A node's HTTP address (e.g. https://recorder-a:8080) to ask
+        /// through its API with the token in CALLVAULT_TOKEN, instead of
+        /// reading the local data directory.
+        #[arg(long, global = true)]
+        url: Option<String>,
         #[command(subcommand)]
         action: admin::RecordingsAction,
     },
@@ -179,7 +184,8 @@ fn main() -> anyhow::Result<()> {
             let _ = init_logging("text", "warn");
             client::run(*args)
         }
-        Command::Recordings { node, action } => admin::recordings(node.load()?, action),
+        Command::Recordings { url: Some(url), action, .. } => admin::remote_recordings(&url, action),
+        Command::Recordings { node, action, url: None } => admin::recordings(node.load()?, action),
         Command::Complete { node, id } => admin::complete(node.load()?, &id),
         Command::Cluster { node, action } => admin::cluster(node.load()?, action),
         Command::Replication { node, action } => admin::replication(node.load()?, action),

@@ -386,3 +386,45 @@ fn users_change_through_the_api_and_the_cli() {
     let targets: Vec<&str> = v["entries"].as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap()).collect();
     assert!(targets.contains(&"carol"), "{v}");
 }
+
+/// The command line through a node's API: `recordings --url` with a
+/// token (the token's scope applies), export verified by checksum, and
+/// drain / undrain.
+#[test]
+fn the_cli_works_against_a_remote_node_with_a_token() {
+    let node = Node::start("cli-remote");
+    let id = one_recording(&node);
+    admin_put_user(&node, "agent", json!({ "role": "agent", "scope": ["2001"] }));
+    let agent = token_of(&node, "agent");
+    let cli = |token: &str, args: &[&str]| {
+        let out = Command::new(BIN).args(args).env("CALLVAULT_TOKEN", token).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let base = format!("http://{}", node.http);
+    let (ok, out, err) = cli(&node.token, &["recordings", "--url", &base, "list"]);
+    assert!(ok && out.contains(&id), "{out}{err}");
+    let (ok, out, _) = cli(&agent, &["recordings", "--url", &base, "list", "--json"]);
+    assert!(ok && out.trim().is_empty(), "out of the agent's scope: {out}");
+    let (ok, _, err) = cli("", &["recordings", "--url", &base, "list"]);
+    assert!(!ok && err.contains("CALLVAULT_TOKEN"), "{err}");
+    let file = crate::harness::temp_dir("cli-export").join("r.wav");
+    let (ok, _, err) =
+        cli(&node.token, &["recordings", "--url", &base, "export", &id, "--out", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("sha256"), "{err}");
+    assert!(std::fs::metadata(&file).unwrap().len() > 44);
+
+    let dir = node.dir.to_str().unwrap().to_owned();
+    let (ok, _, err) = cli(&node.token, &["cluster", "drain", "--data-dir", &dir]);
+    assert!(ok, "{err}");
+    assert_eq!(node.get("/health/ready").0, 503);
+    let (ok, _, err) = cli(&node.token, &["cluster", "drain", "--off", "--data-dir", &dir]);
+    assert!(ok, "{err}");
+    assert_eq!(node.get("/health/ready").0, 200);
+    let (_, v) = node.get("/api/v1/audit?action=node_operation");
+    assert_eq!(v["entries"].as_array().unwrap().len(), 2, "both audited: {v}");
+}
