@@ -155,14 +155,7 @@ pub fn users(cfg: Config, action: UsersAction) -> anyhow::Result<()> {
             }
             let scope = Scope(scope.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect());
             scope.validate().map_err(|e| anyhow::anyhow!(e))?;
-            let mut u = l.user(&name)?.unwrap_or(UserRecord {
-                role,
-                scope: Scope::default(),
-                password: None,
-                disabled: false,
-                deleted: false,
-                sessions_valid_after_ms: 0,
-            });
+            let mut u = l.user(&name)?.unwrap_or_else(|| UserRecord::new(role));
             u.role = role;
             u.scope = scope;
             if password_stdin {

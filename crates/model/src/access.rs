@@ -158,6 +158,18 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
+    /// A new user with `role`, no scope (sees nothing scoped) and no password.
+    pub fn new(role: Role) -> UserRecord {
+        UserRecord {
+            role,
+            scope: Scope::default(),
+            password: None,
+            disabled: false,
+            deleted: false,
+            sessions_valid_after_ms: 0,
+        }
+    }
+
     pub fn active(&self) -> bool {
         !self.disabled && !self.deleted
     }

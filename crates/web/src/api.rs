@@ -154,6 +154,12 @@ async fn session_end(
     Ok(resp)
 }
 
+/// The user `name`, or 404.
+async fn existing_user(web: &Web, name: &str) -> Result<UserRecord, Problem> {
+    let u = web.directory.user(name).await.map_err(|e| Problem::internal("user directory", e))?;
+    u.ok_or_else(|| Problem::not_found("no such user"))
+}
+
 fn user_json(name: &str, u: &UserRecord) -> serde_json::Value {
     json!({ "name": name, "role": u.role, "scope": u.scope, "disabled": u.disabled, "has_password": u.password.is_some() })
 }
@@ -164,8 +170,7 @@ async fn users_list(State(web): State<Arc<Web>>) -> Result<Response, Problem> {
 }
 
 async fn user_get(State(web): State<Arc<Web>>, Path(name): Path<String>) -> Result<Response, Problem> {
-    let u = web.directory.user(&name).await.map_err(|e| Problem::internal("user directory", e))?;
-    let u = u.ok_or_else(|| Problem::not_found("no such user"))?;
+    let u = existing_user(&web, &name).await?;
     Ok(Json(user_json(&name, &u)).into_response())
 }
 
@@ -188,14 +193,7 @@ pub async fn change_user(web: &Web, name: &str, c: UserChange) -> Result<UserRec
     let current = web.directory.user(name).await.map_err(|e| Problem::internal("user directory", e))?;
     let mut u = match (current, c.role) {
         (Some(u), _) => u,
-        (None, Some(role)) => UserRecord {
-            role,
-            scope: Scope::default(),
-            password: None,
-            disabled: false,
-            deleted: false,
-            sessions_valid_after_ms: 0,
-        },
+        (None, Some(role)) => UserRecord::new(role),
         (None, None) => return Err(Problem::not_found("no such user (give a role to create one)")),
     };
     if let Some(r) = c.role {
@@ -236,12 +234,7 @@ async fn user_delete(
     if name == p.user {
         return Err(Problem::new(StatusCode::CONFLICT, "you cannot delete yourself"));
     }
-    let mut u = web
-        .directory
-        .user(&name)
-        .await
-        .map_err(|e| Problem::internal("user directory", e))?
-        .ok_or_else(|| Problem::not_found("no such user"))?;
+    let mut u = existing_user(&web, &name).await?;
     u.deleted = true;
     u.password = None;
     u.sessions_valid_after_ms = now_ms();
@@ -251,12 +244,7 @@ async fn user_delete(
 }
 
 async fn user_sessions_revoke(State(web): State<Arc<Web>>, Path(name): Path<String>) -> Result<Response, Problem> {
-    let mut u = web
-        .directory
-        .user(&name)
-        .await
-        .map_err(|e| Problem::internal("user directory", e))?
-        .ok_or_else(|| Problem::not_found("no such user"))?;
+    let mut u = existing_user(&web, &name).await?;
     // Cluster-wide: every node refuses sessions begun before now.
     u.sessions_valid_after_ms = now_ms();
     web.directory.put_user(&name, &u).await.map_err(Problem::bad_request)?;
@@ -279,11 +267,7 @@ async fn token_create(
     body: Option<Json<TokenRequest>>,
 ) -> Result<Response, Problem> {
     let req = body.map(|b| b.0).unwrap_or_default();
-    web.directory
-        .user(&name)
-        .await
-        .map_err(|e| Problem::internal("user directory", e))?
-        .ok_or_else(|| Problem::not_found("no such user"))?;
+    existing_user(&web, &name).await?;
     let now = now_ms();
     let expires = req.days.map(|d| now + d as i64 * 86_400_000);
     let (id, token) = web.directory.issue_token(&name, &req.label, now, expires).await.map_err(Problem::bad_request)?;
