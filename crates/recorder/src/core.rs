@@ -590,6 +590,11 @@ impl Recorder {
                 let err = SipError::new(StatusCode::UNSUPPORTED_URI_SCHEME, "Unsupported URI Scheme");
                 return self.reject(now, tx, &req, err);
             }
+            // A SIP Request-URI carries no `?headers` (RFC 3261 §19.1.1; RFC 4475 escruri).
+            if !scheme.eq_ignore_ascii_case("tel") && req.uri.contains('?') {
+                let err = SipError::new(StatusCode::BAD_REQUEST, "Headers in the Request-URI");
+                return self.reject(now, tx, &req, err);
+            }
             let unsupported = Self::unsupported_extensions(&req);
             if !unsupported.is_empty() {
                 if req.method == Method::Invite && e.to.tag().is_none() {

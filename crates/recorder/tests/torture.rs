@@ -110,6 +110,26 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/bigcode.sip", &[]),
         // 3.1.2.2: Content-Length larger than the datagram.
         ("rfc4475/clerr.sip", &[400]),
+        // 3.1.2.11: headers in the Request-URI.
+        ("rfc4475/escruri.sip", &[100, 400]),
+        // 3.1.1.3: escaped characters in URIs and parameters: valid, recorded.
+        ("rfc4475/esc01.sip", &[100, 200]),
+        // 3.1.2.10: a Date in a non-GMT zone: the recorder does not use Date; recorded.
+        ("rfc4475/baddate.sip", &[100, 200]),
+        // 3.1.2.12: spaces inside `< addr-spec >`: meaning clear, answered (liberal, as the RFC allows).
+        ("rfc4475/badaspec.sip", &[200]),
+        // 3.1.2.13: unquoted display names with commas: meaning clear, answered (liberal).
+        ("rfc4475/baddn.sip", &[200]),
+        // 3.1.2.18 (badbranch): `z9hG4bK` with nothing after it: handled as an RFC 2543 transaction.
+        ("rfc4475/badbranch.sip", &[200]),
+        // 3.3.13: a response through a broadcast Via, to a request we never sent: ignored.
+        ("rfc4475/bcast.sip", &[]),
+        // 3.3.14, 3.3.15, 3.1.1.4: REGISTERs (valid); the recorder is no registrar.
+        ("rfc4475/cparam01.sip", &[405]),
+        ("rfc4475/cparam02.sip", &[405]),
+        ("rfc4475/escnull.sip", &[405]),
+        // 3.1.1.12: two requests in one datagram: the first is answered, the rest ignored.
+        ("rfc4475/dblreq.sip", &[405]),
     ];
     assert_answers(cases);
 }
