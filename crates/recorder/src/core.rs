@@ -590,6 +590,12 @@ impl Recorder {
                 let err = SipError::new(StatusCode::UNSUPPORTED_URI_SCHEME, "Unsupported URI Scheme");
                 return self.reject(now, tx, &req, err);
             }
+            // Our answer is SDP: an INVITE whose Accept excludes it cannot
+            // get one (RFC 3261 §21.4.7; RFC 4475 sdp01).
+            if req.method == Method::Invite && !Self::accepts_sdp(&req) {
+                let err = SipError::new(StatusCode::NOT_ACCEPTABLE, "Not Acceptable: the answer is application/sdp");
+                return self.reject(now, tx, &req, err);
+            }
             // A SIP Request-URI carries no `?headers` (RFC 3261 §19.1.1; RFC 4475 escruri).
             if !scheme.eq_ignore_ascii_case("tel") && req.uri.contains('?') {
                 let err = SipError::new(StatusCode::BAD_REQUEST, "Headers in the Request-URI");
@@ -642,6 +648,16 @@ impl Recorder {
     }
 
     /// Option tags in Require this recorder does not implement.
+    /// No Accept header, or one that takes `application/sdp`.
+    fn accepts_sdp(req: &Request) -> bool {
+        let mut types = req.headers.list("Accept").peekable();
+        types.peek().is_none()
+            || types.any(|t| {
+                let t = t.split(';').next().unwrap_or("").trim();
+                ["application/sdp", "application/*", "*/*"].iter().any(|ok| t.eq_ignore_ascii_case(ok))
+            })
+    }
+
     fn unsupported_extensions(req: &Request) -> Vec<String> {
         req.headers
             .list("Require")

@@ -79,6 +79,7 @@ pub fn refusal_label(err: &SipError) -> &'static str {
         },
         400 => "bad_request",
         403 => "source_not_allowed",
+        406 => "answer_not_acceptable",
         415 => "unsupported_body",
         420 => "bad_extension",
         422 => "session_interval_too_small",

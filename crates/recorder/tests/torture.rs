@@ -130,6 +130,26 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/escnull.sip", &[405]),
         // 3.1.1.12: two requests in one datagram: the first is answered, the rest ignored.
         ("rfc4475/dblreq.sip", &[405]),
+        // 3.1.1.11 (longreq): a long, valid INVITE (33 Vias in every header-name spelling): recorded.
+        ("rfc4475/longreq.sip", &[100, 200]),
+        // 3.4.1: an RFC 2543 INVITE (no branch, no Content-Length over UDP): recorded.
+        ("rfc4475/inv2543.sip", &[100, 200]),
+        // 3.1.2.18: an unknown method with a CSeq naming INVITE (400 is acceptable, RFC says).
+        ("rfc4475/mismatch02.sip", &[400]),
+        // 3.1.2.5: an unterminated quoted display name.
+        ("rfc4475/quotbal.sip", &[400]),
+        // 3.3.10 (multi01): two Call-IDs, CSeqs, Tos and Froms.
+        ("rfc4475/multi01.sip", &[400]),
+        // 3.3.12 (sdp01): Accept excludes application/sdp, the only answer we make.
+        ("rfc4475/sdp01.sip", &[100, 406]),
+        // 3.1.1.13 (noreason), 3.1.2.4 (scalarlg): responses to nothing we sent: ignored.
+        ("rfc4475/noreason.sip", &[]),
+        ("rfc4475/scalarlg.sip", &[]),
+        // 3.3.7, 3.1.2.15 (regbadct), 3.3.8 (regescrt), 3.3.4 (unksm2): REGISTERs, 405 here.
+        ("rfc4475/regaut01.sip", &[405]),
+        ("rfc4475/regbadct.sip", &[405]),
+        ("rfc4475/regescrt.sip", &[405]),
+        ("rfc4475/unksm2.sip", &[405]),
     ];
     assert_answers(cases);
 }

@@ -166,6 +166,7 @@ fn assert_metric_labels_bounded(node: &Node) {
                     "bad_extension",
                     "session_interval_too_small",
                     "not_acceptable_media",
+                    "answer_not_acceptable",
                     "message_too_large",
                     "other",
                     "bye",
