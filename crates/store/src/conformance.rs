@@ -83,7 +83,8 @@ pub async fn recording_index(idx: &dyn RecordingIndex) {
     let cursor = Some((last.started_at.unix_timestamp() * 1000, last.id.to_string()));
     let q = ListQuery { before: cursor, limit: 2, ..Default::default() };
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![a.id], "the page after the cursor");
-    assert_eq!(idx.count(&q).await.unwrap(), 3, "count ignores the cursor");
+    assert_eq!(idx.count(&q, 100).await.unwrap(), 3, "count ignores the cursor");
+    assert_eq!(idx.count(&q, 2).await.unwrap(), 2, "and stops at its cap");
     let q = ListQuery { identifier: Some("call-+4420799".into()), ..Default::default() };
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "by Call-ID");
     let q = ListQuery { identifier: Some("call-+4420".into()), ..Default::default() };
@@ -92,11 +93,11 @@ pub async fn recording_index(idx: &dyn RecordingIndex) {
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![a.id], "by duration");
     let q = ListQuery { scope: Some(vec!["+4420*".into(), "+15550100".into()]), ..Default::default() };
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id, a.id], "scope: prefix and exact");
-    assert_eq!(idx.count(&q).await.unwrap(), 2);
+    assert_eq!(idx.count(&q, 100).await.unwrap(), 2);
     let q = ListQuery { scope: Some(vec!["+1555".into()]), ..Default::default() };
     assert!(idx.list(&q).await.unwrap().is_empty(), "an exact pattern is not a prefix");
     let q = ListQuery { scope: Some(vec![]), ..Default::default() };
-    assert_eq!(idx.count(&q).await.unwrap(), 0, "an empty scope sees nothing");
+    assert_eq!(idx.count(&q, 100).await.unwrap(), 0, "an empty scope sees nothing");
     let q = ListQuery { scope: Some(vec!["+15550199".into()]), party: Some("bob".into()), ..Default::default() };
     assert_eq!(ids(&idx.list(&q).await.unwrap()), vec![b.id], "scope and filters combine");
     assert_eq!(

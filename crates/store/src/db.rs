@@ -376,8 +376,25 @@ impl RecordingIndex for SqliteIndex {
 
     /// Recordings newest first.
     async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, IndexError> {
+        // A party substring matching many recordings is found fastest by
+        // walking the time index and checking each against the trigram
+        // matches; a rare one by fetching its few matches and sorting them.
+        let broad = match fts_phrase(q) {
+            Some(phrase) => {
+                let n: i64 = sqlx::query(
+                    "SELECT COUNT(*) FROM (SELECT rowid FROM recordings_fts WHERE recordings_fts MATCH ?1 LIMIT ?2)",
+                )
+                .bind(phrase)
+                .bind(BROAD_PARTY)
+                .fetch_one(&self.pool)
+                .await?
+                .get(0);
+                n >= BROAD_PARTY
+            }
+            None => false,
+        };
         let mut b = sqlx::QueryBuilder::new("SELECT id, meta_json FROM recordings r WHERE 1=1");
-        push_filters(&mut b, q, true);
+        push_filters(&mut b, q, true, broad);
         b.push(" ORDER BY started_at DESC, id DESC LIMIT ");
         b.push_bind(if q.limit == 0 { 100 } else { q.limit.min(10_000) } as i64);
         b.push(" OFFSET ");
@@ -386,9 +403,10 @@ impl RecordingIndex for SqliteIndex {
         rows.into_iter().map(|r| decode(&r.get::<String, _>(0), r.get::<String, _>(1))).collect()
     }
 
-    async fn count(&self, q: &ListQuery) -> Result<u64, IndexError> {
-        let mut b = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM recordings r WHERE 1=1");
-        push_filters(&mut b, q, false);
+    async fn count(&self, q: &ListQuery, cap: u64) -> Result<u64, IndexError> {
+        let mut b = sqlx::QueryBuilder::new("SELECT COUNT(*) FROM (SELECT 1 FROM recordings r WHERE 1=1");
+        push_filters(&mut b, q, false, false);
+        b.push(" LIMIT ").push_bind(cap.min(i64::MAX as u64) as i64).push(")");
         let n: i64 = b.build().fetch_one(&self.pool).await?.get(0);
         Ok(n as u64)
     }
@@ -423,8 +441,18 @@ fn party_text(meta: &RecordingMeta) -> String {
     text
 }
 
-/// The WHERE clauses of a search (`with_cursor`: also the keyset cursor).
-fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, with_cursor: bool) {
+/// Trigram matches from which a party search walks the time index instead.
+const BROAD_PARTY: i64 = 2_000;
+
+/// The trigram query of a party filter of 3+ characters.
+fn fts_phrase(q: &ListQuery) -> Option<String> {
+    let p = q.party.as_ref().filter(|p| p.chars().count() >= 3)?;
+    Some(format!("\"{}\"", p.replace('"', "\"\"")))
+}
+
+/// The WHERE clauses of a search (`with_cursor`: also the keyset cursor;
+/// `broad`: the party filter matches many, see [`SqliteIndex::list`]).
+fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, with_cursor: bool, broad: bool) {
     if let Some(state) = q.state {
         b.push(" AND state = ").push_bind(state.as_str());
     }
@@ -453,12 +481,11 @@ fn push_filters(b: &mut sqlx::QueryBuilder<'_, sqlx::Sqlite>, q: &ListQuery, wit
         b.push(" AND r.id IN (SELECT recording_id FROM identifiers WHERE value = ").push_bind(v.clone()).push(")");
     }
     if let Some(p) = &q.party {
-        if p.chars().count() >= 3 {
-            // The trigram index finds any substring of 3+ characters.
-            let phrase = format!("\"{}\"", p.replace('"', "\"\""));
-            b.push(" AND r.rowid IN (SELECT rowid FROM recordings_fts WHERE recordings_fts MATCH ")
-                .push_bind(phrase)
-                .push(")");
+        if let Some(phrase) = fts_phrase(q) {
+            // The trigram index finds any substring of 3+ characters. `+`
+            // keeps the planner from fetching every match by rowid.
+            b.push(if broad { " AND +r.rowid IN" } else { " AND r.rowid IN" });
+            b.push(" (SELECT rowid FROM recordings_fts WHERE recordings_fts MATCH ").push_bind(phrase).push(")");
         } else {
             let pat = format!("%{}%", like_escape(p));
             b.push(" AND (caller LIKE ").push_bind(pat.clone()).push(" ESCAPE '\\' OR callee LIKE ");

@@ -63,8 +63,10 @@ pub trait RecordingIndex: Send + Sync + fmt::Debug {
     async fn get(&self, id: RecordingId) -> Result<Option<RecordingMeta>, IndexError>;
     /// Recordings newest first.
     async fn list(&self, q: &ListQuery) -> Result<Vec<RecordingMeta>, IndexError>;
-    /// How many recordings match `q` (ignoring its cursor, limit and offset).
-    async fn count(&self, q: &ListQuery) -> Result<u64, IndexError>;
+    /// How many recordings match `q` (ignoring its cursor, limit and
+    /// offset), counting no further than `cap`: an exact count of a broad
+    /// search over millions costs more than the search.
+    async fn count(&self, q: &ListQuery, cap: u64) -> Result<u64, IndexError>;
     /// Ids of recordings the index believes are active.
     async fn active_ids(&self) -> Result<Vec<RecordingId>, IndexError>;
     /// Number of recordings per state, by state name.

@@ -21,6 +21,9 @@ pub fn routes() -> Router<Arc<Web>> {
     Router::new().route("/api/v1/recordings", get(search_route))
 }
 
+/// Totals are counted up to this many; beyond, the answer says "at least".
+pub const COUNT_CAP: u64 = 10_000;
+
 /// Longest text filter, and the largest page.
 pub const MAX_FILTER_LEN: usize = 128;
 pub const MAX_LIMIT: u32 = 10_000;
@@ -132,16 +135,19 @@ impl SearchParams {
 #[derive(Debug)]
 pub struct Page {
     pub recordings: Vec<RecordingMeta>,
+    /// Matches, counted up to [`COUNT_CAP`].
     pub total: u64,
+    /// `total` is every match (not a lower bound).
+    pub total_exact: bool,
     pub next: Option<String>,
 }
 
 pub async fn search(web: &Web, p: &Principal, params: &SearchParams) -> Result<Page, Problem> {
     let q = params.query(p)?;
-    let (recordings, total) =
-        tokio::try_join!(web.index.list(&q), web.index.count(&q)).map_err(|e| Problem::internal("index", e))?;
+    let (recordings, total) = tokio::try_join!(web.index.list(&q), web.index.count(&q, COUNT_CAP))
+        .map_err(|e| Problem::internal("index", e))?;
     let next = (recordings.len() as u32 == q.limit).then(|| recordings.last().map(cursor_of)).flatten();
-    Ok(Page { recordings, total, next })
+    Ok(Page { recordings, total, total_exact: total < COUNT_CAP, next })
 }
 
 /// A recording as the API shows it: its metadata, where its audio is and
@@ -173,5 +179,6 @@ async fn search_route(
     for m in &page.recordings {
         out.push(describe(&web, m).await);
     }
-    Ok(Json(json!({ "recordings": out, "total": page.total, "next": page.next })).into_response())
+    Ok(Json(json!({ "recordings": out, "total": page.total, "total_exact": page.total_exact, "next": page.next }))
+        .into_response())
 }

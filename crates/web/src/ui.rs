@@ -232,7 +232,8 @@ struct RecordingsPage {
     f: Filters,
     states: Vec<&'static str>,
     rows: Vec<Row>,
-    total: u64,
+    /// The count as shown: `1234`, or `10000+` past the counting cap.
+    total: String,
     next: String,
     error: String,
 }
@@ -282,9 +283,10 @@ async fn recordings_page(
                 q.append_pair("cursor", &c);
                 format!("/ui/recordings?{}", q.finish())
             });
-            (page.recordings.iter().map(Row::of).collect(), page.total, next.unwrap_or_default(), String::new())
+            let total = if page.total_exact { page.total.to_string() } else { format!("{}+", page.total) };
+            (page.recordings.iter().map(Row::of).collect(), total, next.unwrap_or_default(), String::new())
         }
-        Err(e) if e.status == StatusCode::BAD_REQUEST => (Vec::new(), 0, String::new(), e.detail),
+        Err(e) if e.status == StatusCode::BAD_REQUEST => (Vec::new(), "0".into(), String::new(), e.detail),
         Err(e) => return e.into_response(),
     };
     page(RecordingsPage { nav, f, states, rows, total, next, error })

@@ -104,7 +104,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let data = DataDir::open(&dir)?;
     let index = Arc::new(rt.block_on(SqliteIndex::open(&data.db_path()))?);
-    let have = rt.block_on(index.count(&ListQuery::default()))?;
+    let have = rt.block_on(index.count(&ListQuery::default(), u64::MAX))?;
     let node = NodeId(data.node_id(None)?);
     if have < args.recordings {
         let mut rng = fastrand::Rng::with_seed(42 + have);
@@ -170,6 +170,16 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             }),
         ),
         (
+            "name (~20% match)",
+            Box::new(|rng| {
+                let name = SURNAMES[rng.usize(..SURNAMES.len())];
+                (
+                    format!("party={name}&limit=50"),
+                    ListQuery { party: Some(name.into()), limit: 50, ..Default::default() },
+                )
+            }),
+        ),
+        (
             "time range (1 h)",
             Box::new(move |rng| {
                 let from = now - time::Duration::hours(rng.i64(1..DAYS * 24));
@@ -211,7 +221,8 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
             api_t.push(t.elapsed());
             totals += v["total"].as_u64().unwrap_or(0);
             let t = Instant::now();
-            let (_rows, _n) = rt.block_on(async { tokio::try_join!(index.list(&q), index.count(&q)) })?;
+            let (_rows, _n) =
+                rt.block_on(async { tokio::try_join!(index.list(&q), index.count(&q, web::recordings::COUNT_CAP)) })?;
             store_t.push(t.elapsed());
         }
         let ((a50, a99), (s50, s99)) = (percentiles(api_t), percentiles(store_t));
@@ -267,7 +278,7 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut n = 0u64;
     while t.elapsed() < Duration::from_secs(args.seconds) {
-        rt.block_on(async { tokio::try_join!(index.list(&q), index.count(&q)) })?;
+        rt.block_on(async { tokio::try_join!(index.list(&q), index.count(&q, web::recordings::COUNT_CAP)) })?;
         n += 1;
     }
     let store_rps = n as f64 / t.elapsed().as_secs_f64();

@@ -206,6 +206,14 @@ fn audio_write_failure_fails_the_recording_keeps_its_audio_and_refuses_new_calls
     );
     let s = call(node.sip_udp, &["--duration", "20"]);
     assert_eq!(s["calls"][0]["ended_by_recorder"], true, "the recorder hung up: {s:#}");
+    // Wait on the metrics (not audited), then read the recording once: every
+    // audited API read grows the index's write-ahead log, which the same
+    // file-size limit holds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.metric("callvault_recordings_ended_total{state=\"failed\",reason=\"storage_failure\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the recording never ended failed; log:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
     assert_eq!(rec["state"], "failed");
     let reason = rec["state_history"][1]["reason"].as_str().unwrap();
