@@ -99,6 +99,9 @@ impl SqliteIndex {
         Migrator::new(Embedded).await?.run(&pool).await?;
         let index = SqliteIndex { pool };
         index.backfill_search_tables().await?;
+        // What the migrations wrote goes into the database file now, not
+        // left in the write-ahead log until it holds 1,000 pages.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&index.pool).await?;
         Ok(index)
     }
 
