@@ -120,7 +120,12 @@ impl Node {
         };
         let addr = |k: &str| listen[k].as_str().unwrap().parse().unwrap();
         let http: SocketAddr = addr("http");
-        TOKENS.lock().unwrap().push((http.to_string(), token.clone()));
+        {
+            // An address a dropped node used may come back with a new node.
+            let mut tokens = TOKENS.lock().unwrap();
+            tokens.retain(|(a, _)| *a != http.to_string());
+            tokens.push((http.to_string(), token.clone()));
+        }
         Node {
             token,
             child: Some(child),
@@ -196,15 +201,15 @@ impl Node {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        http_json("GET", &self.url(path), None)
+        http_json_as(Some(&self.token), "GET", &self.url(path), None)
     }
 
     pub fn post(&self, path: &str, body: Option<Value>) -> (u16, Value) {
-        http_json("POST", &self.url(path), body)
+        http_json_as(Some(&self.token), "POST", &self.url(path), body)
     }
 
     pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        http_json("PUT", &self.url(path), Some(body))
+        http_json_as(Some(&self.token), "PUT", &self.url(path), Some(body))
     }
 
     /// A GET with the node's admin token (for raw bodies: audio, metrics).
