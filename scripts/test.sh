@@ -9,12 +9,13 @@ bash scripts/install-test-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy -D warnings"
+echo "== cargo clippy -D warnings (default build, then with the GPL-bound g729 feature)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features callvault/g729 -- -D warnings
 echo "== cargo deny (licences, duplicates, sources)"
 cargo deny --locked check licenses bans sources
-echo "== cargo test"
-cargo test --workspace --locked
+echo "== cargo test (with G.729: the feature is off in the default build)"
+cargo test --workspace --locked --features callvault/g729
 echo "== Debian package (clean chroot, systemd-analyze, OPTIONS)"
 bash scripts/test-package.sh
 echo "== fuzz (bounded)"

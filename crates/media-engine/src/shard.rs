@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use media::wav::WavFormat;
-use media::{Codec, PositionMapper, Slack, Timeline};
+use media::{Codec, PositionMapper, Slack, StreamDecoder, Timeline};
 use media_control::{MediaCommand, MediaNotice, StreamId, StreamSpec};
 use model::{DtmfRecord, RecordingId, RecordingMeta, StreamStats};
 use rtp_core::{Accept, DtmfDetector, ReceiverConfig, Slot, StreamReceiver};
@@ -133,6 +133,20 @@ struct Decode {
     dtmf: DtmfDetector,
     /// Highest absolute sample decoded so far.
     peak: u16,
+    /// Codec state, and conversion to the recording's rate.
+    decoder: StreamDecoder,
+    /// The last packet decoded, to spot a single Opus loss FEC can fill.
+    last: Option<Decoded>,
+    codecs_used: Vec<model::CodecSpan>,
+    fec_recovered: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Decoded {
+    seq: u64,
+    /// RTP timestamp just after the packet's audio.
+    end_ts: u64,
+    codec: Codec,
 }
 
 struct Rec {
@@ -265,7 +279,7 @@ impl Shard {
             by_stream_id: HashMap::new(),
             recs: Slots::new(),
             by_rec_id: HashMap::new(),
-            scratch: vec![0; 4096],
+            scratch: vec![0; media::decoder::MAX_PACKET_SAMPLES],
             local: ShardCounters::default(),
             out: VecDeque::new(),
         }
@@ -393,6 +407,10 @@ impl Shard {
                 mapper: PositionMapper::new(rate, clock, slack),
                 dtmf: DtmfDetector::default(),
                 peak: 0,
+                decoder: StreamDecoder::new(rate),
+                last: None,
+                codecs_used: Vec::new(),
+                fec_recovered: 0,
             },
             held: spec.held,
             active_since: now,
@@ -446,6 +464,9 @@ impl Shard {
             stats.reanchors = s.decode.mapper.reanchors;
             stats.timeline_shifts = s.decode.mapper.drift_shifts;
             stats.peak = s.decode.peak;
+            stats.codecs_used = std::mem::take(&mut s.decode.codecs_used);
+            stats.fec_recovered = s.decode.fec_recovered;
+            stats.decode_failures = s.decode.decoder.failures;
             rec.finished.push((s.local_port, stats));
         }
         self.local.finished_lost += s.receiver.stats.lost;
@@ -626,20 +647,56 @@ fn add_stats(into: &mut StreamStats, s: &StreamStats) {
 fn place(p: &Slot, rec: &mut Rec, s: &mut Decode, scratch: &mut [i16], local: &mut ShardCounters) {
     if Some(p.pt) == s.telephone_event {
         if let Some(ev) = s.dtmf.on_packet(p.ts, &p.payload) {
-            push_dtmf(rec, &ev, &s.mapper, 8000, s.channel, local);
+            push_dtmf(rec, &ev, &s.mapper, s.mapper.clock_rate(), s.channel, local);
         }
         return;
     }
     let Some(codec) = s.codecs.get(p.pt as usize).copied().flatten() else {
         return; // comfort noise or a type without audio: the gap stays silent
     };
+    if s.mapper.clock_rate() != codec.clock_rate() {
+        s.mapper.set_clock(codec.clock_rate());
+        s.last = None;
+    }
     let arrival = rec.frame_at(p.arrival);
     let pos = s.mapper.position(p.ts, arrival);
-    let n = codec.decode(&p.payload, scratch);
+    if codec == Codec::Opus {
+        recover_single_loss(p, pos, rec, s, scratch);
+    }
+    let n = s.decoder.decode(codec, &p.payload, scratch);
     s.peak = scratch[..n].iter().fold(s.peak, |m, v| m.max(v.unsigned_abs()));
     let placed = rec.timeline.write(s.channel as usize, pos, &scratch[..n]);
     local.late_samples += placed.late as u64;
     rec.max_frame = rec.max_frame.max(pos + n as u64);
+    let ticks = n as u64 * codec.clock_rate() as u64 / rec.rate as u64;
+    s.last = Some(Decoded { seq: p.seq, end_ts: p.ts + ticks, codec });
+    note_codec(&mut s.codecs_used, codec, pos * 1000 / rec.rate as u64, (pos + n as u64) * 1000 / rec.rate as u64);
+}
+
+/// Exactly one Opus packet missing before `p`: rebuild it from the
+/// in-band FEC `p` carries and place it just before `p`'s audio.
+fn recover_single_loss(p: &Slot, pos: u64, rec: &mut Rec, s: &mut Decode, scratch: &mut [i16]) {
+    let Some(last) = s.last else { return };
+    if last.codec != Codec::Opus || p.seq != last.seq + 2 || p.ts <= last.end_ts {
+        return;
+    }
+    let n = s.decoder.recover_opus(&p.payload, p.ts - last.end_ts, scratch);
+    if n == 0 || (n as u64) > pos {
+        return;
+    }
+    rec.timeline.write(s.channel as usize, pos - n as u64, &scratch[..n]);
+    s.fec_recovered += 1;
+}
+
+/// Extends the current codec span, or starts one when the codec changed.
+fn note_codec(spans: &mut Vec<model::CodecSpan>, codec: Codec, from_ms: u64, to_ms: u64) {
+    match spans.last_mut() {
+        Some(span) if span.codec == codec.name() => {
+            span.to_ms = span.to_ms.max(to_ms);
+            span.packets += 1;
+        }
+        _ => spans.push(model::CodecSpan { codec: codec.name().to_owned(), from_ms, to_ms, packets: 1 }),
+    }
 }
 
 fn push_dtmf(

@@ -88,7 +88,7 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
         let due = start + Duration::from_millis(20 * n as u64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         ta.fill(&mut pcm);
-        Codec::Pcmu.encode(&pcm, &mut enc);
+        media::StreamEncoder::new(Codec::Pcmu).encode(&pcm, &mut enc);
         if !(40..45).contains(&n) {
             sender.send_to(&rtp(seq_a, 1000 + n * 160, 0xa, 0, &enc), dest_a).unwrap();
             seq_a += 1;
@@ -111,7 +111,7 @@ fn two_tones_with_loss_land_aligned_on_their_channels() {
             sender.send_to(&rtp(24, 90_000 + 10 * 160, 0xb, 13, &[40]), dest_b).unwrap();
         }
         if n >= 25 && n % 7 != 0 {
-            Codec::Pcma.encode(&pcm, &mut enc);
+            media::StreamEncoder::new(Codec::Pcma).encode(&pcm, &mut enc);
             sender.send_to(&rtp(n as u16, 90_000 + n * 160, 0xb, 8, &enc), dest_b).unwrap();
         }
     }

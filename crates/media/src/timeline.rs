@@ -177,6 +177,21 @@ impl PositionMapper {
         }
     }
 
+    /// RTP clock rate the mapper converts from.
+    pub fn clock_rate(&self) -> u32 {
+        self.den as u32
+    }
+
+    /// A codec with another RTP clock took over (a mid-call switch, e.g.
+    /// G.711 at 8000 to Opus at 48000): timestamps restart meaning, so the
+    /// next packet anchors at its arrival like a new SSRC.
+    pub fn set_clock(&mut self, clock_rate: u32) {
+        if clock_rate.max(1) as u64 != self.den {
+            self.den = clock_rate.max(1) as u64;
+            self.reset();
+        }
+    }
+
     /// Forget the anchor (SSRC change).
     pub fn reset(&mut self) {
         self.anchor = None;

@@ -240,6 +240,28 @@ pub struct StreamStats {
     /// Highest absolute sample value decoded (0..=32768): silence detection.
     #[serde(default)]
     pub peak: u16,
+    /// Codecs the stream's audio arrived in, in order: a mid-call switch
+    /// (re-INVITE, or the sender picking another payload type of the
+    /// answer) starts a new span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub codecs_used: Vec<CodecSpan>,
+    /// Lost Opus packets rebuilt from the next packet's in-band FEC.
+    #[serde(default)]
+    pub fec_recovered: u64,
+    /// Payloads the codec could not decode (left silent).
+    #[serde(default)]
+    pub decode_failures: u64,
+}
+
+/// One stretch of a stream decoded with one codec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodecSpan {
+    /// SDP name (`PCMU`, `G722`, `opus`, `G729`).
+    pub codec: String,
+    /// Offsets from the start of the recording.
+    pub from_ms: u64,
+    pub to_ms: u64,
+    pub packets: u64,
 }
 
 impl StreamStats {

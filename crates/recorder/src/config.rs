@@ -17,6 +17,10 @@ pub struct RecorderConfig {
     pub max_calls: usize,
     /// Refuse plain RTP offers (488): SRTP only.
     pub srtp_required: bool,
+    /// Highest rate a recording is written at: a call whose accepted
+    /// codecs include a wideband one (G.722, Opus) is written at this
+    /// rate (8000 or 16000), every other call at 8000.
+    pub max_sample_rate: u32,
     /// Address put in SDP and Contact when the request does not name ours.
     pub advertised_ip: Option<IpAddr>,
     /// Used when neither the config nor the Request-URI gives an address.
@@ -49,6 +53,7 @@ impl RecorderConfig {
             node_id,
             allowed_sources: Vec::new(),
             srtp_required: false,
+            max_sample_rate: 16000,
             max_calls: 0,
             advertised_ip: None,
             fallback_ip: IpAddr::from([127, 0, 0, 1]),

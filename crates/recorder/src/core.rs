@@ -755,7 +755,7 @@ impl Recorder {
         let negotiated = sd.as_ref().map(|sd| self.negotiate(sd));
         if let Some(n) = &negotiated {
             if !n.iter().any(|s| s.accepted) {
-                let why = n.iter().find_map(|s| s.rejection).unwrap_or("no acceptable media");
+                let why = n.iter().find_map(|s| s.rejection.as_deref()).unwrap_or("no acceptable media");
                 return self.reject(
                     now,
                     tx,
@@ -829,9 +829,16 @@ impl Recorder {
                 if let Some(f) = &fork {
                     self.fork_links.insert(f.link.clone(), id);
                 }
+                // One rate per recording: wideband when any accepted codec
+                // is (a later narrowband leg or codec is resampled up).
+                let wideband = accepted
+                    .iter()
+                    .flat_map(|s| &s.codecs)
+                    .any(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).is_some_and(Codec::is_wideband));
+                let sample_rate = if wideband { self.cfg.max_sample_rate.clamp(8000, 16000) } else { 8000 };
                 self.out.push_back(Output::Media(MediaCommand::Start {
                     recording: id,
-                    sample_rate: 8000,
+                    sample_rate,
                     channels,
                     started_at: now.wall,
                 }));
@@ -1142,7 +1149,7 @@ impl Recorder {
     fn renegotiate(&mut self, _now: Now, key: &LegKey, sd: &SessionDescription) -> Result<Vec<u8>, SipError> {
         let negotiated = self.negotiate(sd);
         if !negotiated.iter().any(|s| s.accepted) {
-            let why = negotiated.iter().find_map(|s| s.rejection).unwrap_or("no acceptable media");
+            let why = negotiated.iter().find_map(|s| s.rejection.as_deref()).unwrap_or("no acceptable media");
             return Err(SipError::with_reason(StatusCode::NOT_ACCEPTABLE_HERE, format!("Not Acceptable Here: {why}")));
         }
         let (recording, role, channels) = {

@@ -257,9 +257,12 @@ fn broadworks_single_mixed_stream_is_mono_with_direction() {
     let meta = out.started().unwrap();
     assert_eq!(meta.direction.as_deref(), Some("inbound"));
     assert_eq!(meta.caller.as_deref(), Some("+19015783200"));
-    // Only PCMA and PCMU of the offered codecs are decodable, PCMA preferred.
+    // The decodable codecs, in the offer's order (G.729 only in builds with it).
     let answer = String::from_utf8(out.last().body.clone()).unwrap();
-    assert!(answer.contains("RTP/AVP 8 0 101"), "{answer}");
+    let formats = if media::Codec::G729.is_built() { "RTP/AVP 8 0 9 18 101" } else { "RTP/AVP 8 0 9 101" };
+    assert!(answer.contains(formats), "{answer}");
+    // G.722 is wideband: the recording is written at 16 kHz.
+    assert!(matches!(&out.media[0], MediaCommand::Start { sample_rate: 16000, .. }));
 }
 
 #[test]
@@ -354,11 +357,14 @@ fn admission_errors_carry_the_right_codes() {
     assert_eq!(out.codes(), vec![100, 400]);
     assert!(out.last().reason.starts_with("Malformed recording metadata"), "{}", out.last().reason);
 
-    let g729 = sdp.replace("RTP/AVP 0", "RTP/AVP 18");
-    let req = h.request("INVITE", "x6", 1, None, "", Some("application/sdp"), &g729);
+    // Codecs no build decodes (GSM static, AMR-WB dynamic): the Warning names them.
+    let amr = sdp.replace("RTP/AVP 0", "RTP/AVP 3 96\na=rtpmap:96 AMR-WB/16000");
+    let req = h.request("INVITE", "x6", 1, None, "", Some("application/sdp"), &amr);
     let out = h.send(&req);
     assert_eq!(out.codes(), vec![100, 488]);
-    assert!(out.last().headers.get("Warning").unwrap().starts_with("304 "));
+    let warning = out.last().headers.get("Warning").unwrap();
+    assert!(warning.starts_with("304 "), "{warning}");
+    assert!(warning.contains("GSM/8000, AMR-WB/16000"), "{warning}");
 
     let req = h.request("INVITE", "x7", 1, None, "Require: 100rel, foo\n", Some("application/sdp"), sdp);
     let out = h.send(&req);

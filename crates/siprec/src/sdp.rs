@@ -7,6 +7,7 @@
 //! SRTP for now, no decodable codec) are rejected with port 0; if none is
 //! left the offer deserves 488.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use sdp_types::{Attribute, Connection, Media, Origin, Session, Time};
@@ -313,7 +314,7 @@ pub struct NegotiatedStream {
     /// Accepted for recording (else answered with port 0).
     pub accepted: bool,
     /// Why it was rejected, for logs and the 488 Warning.
-    pub rejection: Option<&'static str>,
+    pub rejection: Option<Cow<'static, str>>,
     /// Decodable audio codecs, in the offer's preference order.
     pub codecs: Vec<RtpMap>,
     pub telephone_event: Option<RtpMap>,
@@ -379,17 +380,17 @@ pub fn negotiate_with(
                 n.crypto = s.crypto.iter().find(|c| (srtp.supported)(c)).cloned();
             }
             if s.media != "audio" {
-                n.rejection = Some("only audio is recorded");
+                n.rejection = Some("only audio is recorded".into());
             } else if s.port == 0 {
-                n.rejection = Some("stream disabled by offerer");
+                n.rejection = Some("stream disabled by offerer".into());
             } else if proto.starts_with("UDP/TLS") {
-                n.rejection = Some("DTLS-SRTP is not supported (use SDES a=crypto)");
+                n.rejection = Some("DTLS-SRTP is not supported (use SDES a=crypto)".into());
             } else if sdes && n.crypto.is_none() {
-                n.rejection = Some("no supported SRTP crypto suite offered");
+                n.rejection = Some("no supported SRTP crypto suite offered".into());
             } else if !sdes && srtp.required {
-                n.rejection = Some("SRTP required by policy");
+                n.rejection = Some("SRTP required by policy".into());
             } else if !proto.starts_with("RTP/AVP") && !sdes {
-                n.rejection = Some("unsupported transport protocol");
+                n.rejection = Some("unsupported transport protocol".into());
             } else {
                 n.codecs = s
                     .rtpmaps
@@ -398,7 +399,23 @@ pub fn negotiate_with(
                     .cloned()
                     .collect();
                 if n.codecs.is_empty() {
-                    n.rejection = Some("no decodable codec offered");
+                    // Name what was offered: the operator reads it in the
+                    // 488's Warning and knows which codec to enable or add.
+                    let offered: Vec<String> = s
+                        .formats
+                        .iter()
+                        .map(|f| match s.rtpmaps.iter().find(|m| m.pt.to_string() == *f) {
+                            Some(m) if m.is_telephone_event() || m.is_comfort_noise() => String::new(),
+                            Some(m) => format!("{}/{}", m.encoding, m.clock_rate),
+                            None => format!("payload type {f}"),
+                        })
+                        .filter(|name| !name.is_empty())
+                        .collect();
+                    n.rejection = Some(if offered.is_empty() {
+                        "no audio codec offered".into()
+                    } else {
+                        format!("no decodable codec offered ({})", offered.join(", ")).into()
+                    });
                 } else {
                     n.accepted = true;
                     let rates: Vec<u32> = n.codecs.iter().map(|c| c.clock_rate).collect();
@@ -452,6 +469,21 @@ fn rtp_proto(offer_proto: &str) -> String {
 
 /// Builds the SDP answer. `ports[i]` is the local RTP port of stream `i`
 /// (ignored for rejected streams).
+/// The format parameters we answer for an accepted codec: Opus gets
+/// `useinbandfec=1` (we use the FEC to fill single losses, RFC 7587
+/// §6.1); G.729 echoes the offer's `annexb` (RFC 4856: both sides agree).
+fn answer_fmtp(codec: &RtpMap, offered: &[(u8, String)]) -> Option<String> {
+    match codec.encoding.as_str() {
+        "OPUS" => Some("useinbandfec=1".into()),
+        "G729" | "G729A" => offered
+            .iter()
+            .find(|(pt, _)| *pt == codec.pt)
+            .and_then(|(_, v)| v.split(';').map(str::trim).find(|p| p.to_ascii_lowercase().starts_with("annexb")))
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
 pub fn build_answer(
     offer: &SessionDescription,
     negotiated: &[NegotiatedStream],
@@ -479,6 +511,9 @@ pub fn build_answer(
         }
         for c in &n.codecs {
             m.attributes.push(Attribute::with_value("rtpmap", c.to_attr()));
+            if let Some(fmtp) = answer_fmtp(c, &o.fmtp) {
+                m.attributes.push(Attribute::with_value("fmtp", format!("{} {fmtp}", c.pt)));
+            }
         }
         if let Some(te) = &n.telephone_event {
             m.attributes.push(Attribute::with_value("rtpmap", te.to_attr()));
@@ -616,8 +651,12 @@ mod tests {
     fn srtp_without_a_supported_suite_and_unknown_codecs_are_rejected() {
         let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/SAVP 0\r\nm=audio 4002 RTP/AVP 18\r\n";
         let neg = negotiate(&parse(offer.as_bytes()).unwrap(), &g711);
-        assert_eq!(neg[0].rejection, Some("no supported SRTP crypto suite offered"));
-        assert_eq!(neg[1].rejection, Some("no decodable codec offered"));
+        assert_eq!(neg[0].rejection.as_deref(), Some("no supported SRTP crypto suite offered"));
+        assert!(
+            neg[1].rejection.as_deref().is_some_and(|r| r.starts_with("no decodable codec offered (")),
+            "{:?}",
+            neg[1].rejection
+        );
     }
 
     #[test]
@@ -635,7 +674,7 @@ mod tests {
         let mut neg = negotiate_with(&sd, &g711, &policy);
         assert_eq!(neg[0].crypto.as_ref().map(|c| c.tag), Some(2));
         assert!(neg[0].accepted);
-        assert_eq!(neg[1].rejection, Some("SRTP required by policy"));
+        assert_eq!(neg[1].rejection.as_deref(), Some("SRTP required by policy"));
         neg[0].local_crypto_key = Some("inline:OURKEY".into());
         let answer = String::from_utf8(build_answer(
             &sd,

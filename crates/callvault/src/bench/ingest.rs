@@ -103,8 +103,8 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
         .map(|s| StreamPlan {
             dest: s.local_addr().expect("bound"),
             rtcp_dest: None,
-            codec: Codec::Pcmu,
-            pt: 0,
+            codecs: vec![(Duration::ZERO, Codec::Pcmu, 0)],
+            encoder: Default::default(),
             telephone_event_pt: 101,
             source: Source::Tone(440.0),
             loss: 0.0,

@@ -44,6 +44,22 @@ pub enum TransportArg {
 pub enum CodecArg {
     Pcmu,
     Pcma,
+    G722,
+    Opus,
+    /// Only with a build that has the `g729` feature.
+    G729,
+}
+
+impl CodecArg {
+    fn codec(self) -> Codec {
+        match self {
+            CodecArg::Pcmu => Codec::Pcmu,
+            CodecArg::Pcma => Codec::Pcma,
+            CodecArg::G722 => Codec::G722,
+            CodecArg::Opus => Codec::Opus,
+            CodecArg::G729 => Codec::G729,
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,8 +94,14 @@ pub struct CallArgs {
     /// Tone for B when no WAV is given, Hz.
     #[arg(long, default_value_t = 1000.0)]
     pub tone_b: f64,
-    #[arg(long, value_enum, default_value = "pcmu")]
-    pub codec: CodecArg,
+    /// Codecs to offer and send. Several (`pcmu,g722,opus`) are all
+    /// offered, and each stream switches to the next at equal shares of
+    /// `--duration` (a mid-call codec change).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pcmu")]
+    pub codec: Vec<CodecArg>,
+    /// G.729: Annex B silence suppression (SID frames, then nothing).
+    #[arg(long)]
+    pub vad: bool,
     /// Fraction of RTP packets to drop (0.0–1.0), to test loss handling.
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
@@ -179,7 +201,8 @@ struct Shared {
     pacer: Pacer,
     source_a: Source,
     source_b: Source,
-    codec: Codec,
+    /// What `--codec` names, in order.
+    codecs: Vec<Codec>,
     /// The SRTP key offered in `a=crypto`, and the one media is sent with
     /// (another one with `--srtp-wrong-key`).
     srtp_offer: Option<rtp_core::srtp::SrtpKey>,
@@ -251,10 +274,7 @@ pub async fn place_calls(args: CallArgs) -> anyhow::Result<Summary> {
         srtp_send,
         source_a: load(&args.wav_a, args.tone_a)?,
         source_b: load(&args.wav_b, args.tone_b)?,
-        codec: match args.codec {
-            CodecArg::Pcmu => Codec::Pcmu,
-            CodecArg::Pcma => Codec::Pcma,
-        },
+        codecs: codecs_of(&args),
         pacer: Pacer::start(SocketAddr::new(local_ip, 0))?,
         target,
         local_ip,
@@ -309,8 +329,37 @@ fn transport(args: &CallArgs) -> Transport {
     }
 }
 
+/// The codecs of `--codec`, without repeats.
+fn codecs_of(args: &CallArgs) -> Vec<Codec> {
+    let mut codecs: Vec<Codec> = Vec::new();
+    for c in args.codec.iter().map(|c| c.codec()) {
+        if !codecs.contains(&c) {
+            codecs.push(c);
+        }
+    }
+    if codecs.is_empty() {
+        codecs.push(Codec::Pcmu);
+    }
+    codecs
+}
+
+/// Payload type we offer a codec with (Opus on the customary 111).
 fn codec_pt(c: Codec) -> u8 {
-    c.static_payload_type()
+    c.static_payload_type().unwrap_or(111)
+}
+
+/// `rtpmap`/`fmtp` lines of the codecs we offer or answer with.
+fn codec_lines(sh: &Shared, codecs: &[Codec]) -> String {
+    let mut s = String::new();
+    for &c in codecs {
+        s.push_str(&format!("a=rtpmap:{} {}\r\n", codec_pt(c), c.rtpmap()));
+        match c {
+            Codec::Opus => s.push_str("a=fmtp:111 useinbandfec=1\r\n"),
+            Codec::G729 => s.push_str(&format!("a=fmtp:18 annexb={}\r\n", if sh.args.vad { "yes" } else { "no" })),
+            _ => {}
+        }
+    }
+    s
 }
 
 /// Our SDP: `count` sendonly audio lines (labels 1.. when `labels`).
@@ -318,8 +367,14 @@ fn offer_sdp(sh: &Shared, count: usize, labels: bool) -> Vec<u8> {
     let ip = sh.pacer.local_addr().ip();
     let port = sh.pacer.local_addr().port();
     let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let pref = codec_pt(sh.codec);
-    let other = if pref == 0 { 8 } else { 0 };
+    // A G.711-only caller offers both laws, as phones do.
+    let mut codecs = sh.codecs.clone();
+    if codecs == [Codec::Pcmu] || codecs == [Codec::Pcma] {
+        codecs.push(if codecs[0] == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu });
+    }
+    let formats: Vec<String> = codecs.iter().map(|&c| codec_pt(c).to_string()).collect();
+    let formats = formats.join(" ");
+    let lines = codec_lines(sh, &codecs);
     let mut s = format!(
         "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
         fastrand::u32(..)
@@ -327,7 +382,7 @@ fn offer_sdp(sh: &Shared, count: usize, labels: bool) -> Vec<u8> {
     let proto = if sh.srtp_offer.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
     for i in 0..count {
         s.push_str(&format!(
-            "m=audio {port} {proto} {pref} {other} 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+            "m=audio {port} {proto} {formats} 101\r\n{lines}\
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
         ));
         if let Some(key) = &sh.srtp_offer {
@@ -390,35 +445,42 @@ fn multipart(sdp: &[u8], xml: &str) -> (String, Vec<u8>) {
     (format!("multipart/mixed;boundary={boundary}"), b)
 }
 
-/// Where to send each stream, from the recorder's SDP (answer or offer).
-fn media_targets(body: &[u8], want: Codec) -> anyhow::Result<Vec<Option<(SocketAddr, u8)>>> {
+/// Where to send one stream, and the codecs of ours the other side took.
+type Target = (SocketAddr, Vec<(Codec, u8)>);
+
+/// Where to send each stream, from the recorder's SDP (answer or offer):
+/// the codecs of `want` it accepted, in our order, else the first codec
+/// of its list we can send.
+fn media_targets(body: &[u8], want: &[Codec]) -> anyhow::Result<Vec<Option<Target>>> {
     let sd = sdp::parse(body).map_err(|e| anyhow::anyhow!("recorder SDP: {e}"))?;
     Ok(sd
         .streams
         .iter()
         .map(|s| {
             let remote = s.remote()?;
-            let pt = s
+            let theirs: Vec<(Codec, u8)> = s
                 .rtpmaps
                 .iter()
-                .find(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels) == Some(want))
-                .or_else(|| {
-                    s.rtpmaps.iter().find(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).is_some())
-                })
-                .map(|m| m.pt)?;
-            Some((remote, pt))
+                .filter_map(|m| Some((Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels)?, m.pt)))
+                .collect();
+            let mut codecs: Vec<(Codec, u8)> =
+                want.iter().filter_map(|w| theirs.iter().find(|(c, _)| c == w).copied()).collect();
+            if codecs.is_empty() {
+                codecs.push(*theirs.first()?);
+            }
+            Some((remote, codecs))
         })
         .collect())
 }
 
 /// The plan of one stream; DTMF and the delay step go on stream A only.
-fn plan(sh: &Shared, dest: SocketAddr, pt: u8, source: Source, stream_a: bool) -> StreamPlan {
-    let codec = if pt == 8 { Codec::Pcma } else { Codec::Pcmu };
+fn plan(sh: &Shared, dest: SocketAddr, codecs: &[(Codec, u8)], source: Source, stream_a: bool) -> StreamPlan {
+    let share = Duration::from_secs_f64(sh.args.duration.max(0.0) / codecs.len().max(1) as f64);
     StreamPlan {
         dest,
         rtcp_dest: Some(SocketAddr::new(dest.ip(), dest.port() + 1)),
-        codec,
-        pt,
+        codecs: codecs.iter().enumerate().map(|(i, &(c, pt))| (share * i as u32, c, pt)).collect(),
+        encoder: media::EncoderOptions { fec: true, vad: sh.args.vad },
         telephone_event_pt: 101,
         source,
         loss: if !stream_a && sh.args.no_rtp_b { 1.0 } else { sh.args.loss },
@@ -522,7 +584,7 @@ async fn siprec_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Re
     let (ct, body) = multipart(&offer_sdp(sh, 2, true), &metadata_xml(&sh.args));
     let extra = [("Require", "siprec".to_owned()), ("Supported", "siprec".to_owned())];
     let Some(ok) = invite(sh, &mut leg, &extra, Some((ct.as_str(), body)), out).await? else { return Ok(()) };
-    let targets = media_targets(&ok.body, sh.codec)?;
+    let targets = media_targets(&ok.body, &sh.codecs)?;
     let cseq = leg.cseq();
     leg.ack(cseq, None).await?;
     let sources = [sh.source_a.clone(), sh.source_b.clone()];
@@ -530,7 +592,7 @@ async fn siprec_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Re
         .iter()
         .zip(sources)
         .enumerate()
-        .filter_map(|(i, (t, src))| t.map(|(dest, pt)| plan(sh, dest, pt, src, i == 0)))
+        .filter_map(|(i, (t, src))| t.as_ref().map(|(dest, codecs)| plan(sh, *dest, codecs, src, i == 0)))
         .collect();
     talk(sh, key, std::slice::from_mut(&mut leg), plans, out).await
 }
@@ -543,7 +605,7 @@ async fn plain_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Res
     let streams = sh.args.streams.max(1);
     let body = (!sh.args.delayed_offer).then(|| ("application/sdp", offer_sdp(sh, streams, false)));
     let Some(ok) = invite(sh, &mut leg, &[], body, out).await? else { return Ok(()) };
-    let targets = media_targets(&ok.body, sh.codec)?;
+    let targets = media_targets(&ok.body, &sh.codecs)?;
     let cseq = leg.cseq();
     let answer = sh.args.delayed_offer.then(|| ("application/sdp", answer_sdp(sh, &targets)));
     leg.ack(cseq, answer).await?;
@@ -551,13 +613,13 @@ async fn plain_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Res
     let plans = targets
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| t.map(|(dest, pt)| plan(sh, dest, pt, sources[i % 2].clone(), i == 0)))
+        .filter_map(|(i, t)| t.as_ref().map(|(dest, codecs)| plan(sh, *dest, codecs, sources[i % 2].clone(), i == 0)))
         .collect();
     talk(sh, key, std::slice::from_mut(&mut leg), plans, out).await
 }
 
 /// Answer to the recorder's offer (delayed offer): sendonly, our codec.
-fn answer_sdp(sh: &Shared, targets: &[Option<(SocketAddr, u8)>]) -> Vec<u8> {
+fn answer_sdp(sh: &Shared, targets: &[Option<Target>]) -> Vec<u8> {
     let ip = sh.pacer.local_addr().ip();
     let port = sh.pacer.local_addr().port();
     let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
@@ -566,10 +628,10 @@ fn answer_sdp(sh: &Shared, targets: &[Option<(SocketAddr, u8)>]) -> Vec<u8> {
         fastrand::u32(..)
     );
     for t in targets {
-        let pt = t.map(|(_, pt)| pt).unwrap_or(0);
-        let name = if pt == 8 { "PCMA" } else { "PCMU" };
+        let (c, pt) = t.as_ref().and_then(|(_, codecs)| codecs.first().copied()).unwrap_or((Codec::Pcmu, 0));
+        let rtpmap = c.rtpmap();
         s.push_str(&format!(
-            "m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendonly\r\n"
+            "m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendonly\r\n"
         ));
     }
     s.into_bytes()
@@ -637,9 +699,10 @@ async fn forked_leg(
     if ok.content_type().is_none_or(|t| !t.is("application/sdp")) {
         bail!("recorder answered a delayed-offer INVITE without an SDP offer");
     }
-    let targets = media_targets(&ok.body, sh.codec)?;
+    let targets = media_targets(&ok.body, &sh.codecs)?;
     let cseq = leg.cseq();
     leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets)))).await?;
-    let plan = targets.first().copied().flatten().map(|(dest, pt)| plan(sh, dest, pt, source, role == "x-nearend"));
+    let plan =
+        targets.first().cloned().flatten().map(|(dest, codecs)| plan(sh, dest, &codecs, source, role == "x-nearend"));
     Ok(Some((leg, plan)))
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use media::signal::Tone;
-use media::Codec;
+use media::{Codec, EncoderOptions, StreamEncoder};
 use media_engine::SendBatch;
 use tokio::sync::oneshot;
 
@@ -29,8 +29,10 @@ pub enum Source {
 pub struct StreamPlan {
     pub dest: SocketAddr,
     pub rtcp_dest: Option<SocketAddr>,
-    pub codec: Codec,
-    pub pt: u8,
+    /// Codecs to send, each from its offset into the call (the first from
+    /// 0): a sender switching among the answer's payload types mid-call.
+    pub codecs: Vec<(Duration, Codec, u8)>,
+    pub encoder: EncoderOptions,
     pub telephone_event_pt: u8,
     pub source: Source,
     /// Probability of dropping each packet.
@@ -73,7 +75,12 @@ struct Live {
     seq: u16,
     ts: u32,
     tone: Option<Tone>,
+    /// Samples played so far, at the current codec's rate.
     pos: usize,
+    /// Index in `plan.codecs` of the codec sending now.
+    current: usize,
+    encoder: StreamEncoder,
+    pcm: Vec<i16>,
     sent: Sent,
     dtmf: Vec<(char, u8)>,
     next_sr: Instant,
@@ -117,8 +124,7 @@ impl Pacer {
 fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
     let mut calls: HashMap<u64, Vec<Live>> = HashMap::new();
     let mut batch = SendBatch::new(256);
-    let mut pcm = [0i16; 160];
-    let mut payload = Vec::with_capacity(160);
+    let mut payload = Vec::with_capacity(1500);
     let tick = Duration::from_millis(20);
     let mut next = Instant::now() + tick;
     loop {
@@ -131,9 +137,12 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                         .map(|plan| Live {
                             srtp: plan.srtp.as_ref().map(rtp_core::srtp::SrtpSender::new),
                             tone: match plan.source {
-                                Source::Tone(f) => Some(Tone::new(f, 8000, 10000)),
+                                Source::Tone(f) => Some(Tone::new(f, plan.codecs[0].1.sample_rate(), 10000)),
                                 Source::Samples(_) => None,
                             },
+                            current: 0,
+                            encoder: StreamEncoder::with_options(plan.codecs[0].1, plan.encoder),
+                            pcm: vec![0; plan.codecs[0].1.sample_rate() as usize / 50],
                             dtmf: plan
                                 .dtmf
                                 .as_ref()
@@ -181,12 +190,16 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                 let within = (into % 15) * 20; // ms into the digit
                 live.dtmf.get(idx).map(|&(_, code)| (idx, code, within))
             });
+            switch_codec(live, tick_no);
+            let rate = live.encoder.codec().sample_rate() as usize;
+            let clock_ms = live.encoder.codec().clock_rate() / 1000;
             match live.tone.as_mut() {
-                Some(t) => t.fill(&mut pcm),
+                Some(t) => t.fill(&mut live.pcm),
                 None => {
                     if let Source::Samples(s) = &live.plan.source {
-                        for p in pcm.iter_mut() {
-                            *p = if s.is_empty() { 0 } else { s[live.pos % s.len()] };
+                        // 8 kHz material held for wider codecs (a test signal).
+                        for p in live.pcm.iter_mut() {
+                            *p = if s.is_empty() { 0 } else { s[(live.pos * 8000 / rate) % s.len()] };
                             live.pos += 1;
                         }
                     }
@@ -197,8 +210,8 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
             let drop_it = live.plan.loss > 0.0 && fastrand::f64() < live.plan.loss;
             if let Some((_, code, within)) = dtmf_slot.filter(|(_, _, w)| *w < 100) {
                 // Event packets carry the event's start timestamp (RFC 4733 §2.5.1.2).
-                let start_ts = live.ts.wrapping_sub(within * 8);
-                let duration = (within * 8 + 160) as u16;
+                let start_ts = live.ts.wrapping_sub(within * clock_ms);
+                let duration = ((within + 20) * clock_ms) as u16;
                 let end = within + 20 >= 100;
                 let ev = [code, if end { 0x80 | 10 } else { 10 }, (duration >> 8) as u8, duration as u8];
                 let repeats = if end { 3 } else { 1 };
@@ -222,43 +235,21 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                     );
                 }
                 live.sent.packets += repeats;
-            } else if drop_it {
-                live.sent.dropped += 1;
             } else {
-                live.plan.codec.encode(&pcm, &mut payload);
-                push_rtp(
-                    &mut batch,
-                    &sock,
-                    live.srtp.as_mut(),
-                    live.plan.dest,
-                    live.plan.pt,
-                    false,
-                    seq,
-                    live.ts,
-                    live.ssrc,
-                    &payload,
-                );
-                live.sent.packets += 1;
-                if live.plan.stray_ssrc {
-                    let noise: Vec<u8> = (0..payload.len()).map(|_| fastrand::u8(..)).collect();
-                    let (stray_seq, stray_ts) = (seq.wrapping_add(20_000), live.ts.wrapping_add(3_000_000));
-                    let ssrc = live.ssrc ^ 0x5a5a_5a5a;
-                    push_rtp(
-                        &mut batch,
-                        &sock,
-                        None,
-                        live.plan.dest,
-                        live.plan.pt,
-                        false,
-                        stray_seq,
-                        stray_ts,
-                        ssrc,
-                        &noise,
-                    );
+                // Encode even what the network will drop: the encoder's state
+                // (Opus FEC of the previous frame) goes on as on a real path.
+                live.encoder.encode(&live.pcm, &mut payload);
+                if payload.is_empty() {
+                    // Silence suppressed (G.729 Annex B): nothing sent, and
+                    // the sequence number is not used up.
+                    live.seq = seq;
+                } else if drop_it {
+                    live.sent.dropped += 1;
+                } else {
+                    send_audio(live, &mut batch, &sock, seq, &payload);
                 }
-                live.octets = live.octets.wrapping_add(payload.len() as u32);
             }
-            live.ts = live.ts.wrapping_add(160);
+            live.ts = live.ts.wrapping_add(live.encoder.frame_ticks(20));
             if let Some(rtcp) = live.plan.rtcp_dest {
                 if now >= live.next_sr {
                     let sr =
@@ -284,6 +275,41 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
         if late > Duration::from_millis(200) {
             next = Instant::now() + tick; // overloaded: do not burst to catch up
         }
+    }
+}
+
+/// One audio packet (and, with `stray_ssrc`, a stray one after it).
+fn send_audio(live: &mut Live, batch: &mut SendBatch, sock: &UdpSocket, seq: u16, payload: &[u8]) {
+    let pt = live.plan.codecs[live.current].2;
+
+    push_rtp(batch, sock, live.srtp.as_mut(), live.plan.dest, pt, false, seq, live.ts, live.ssrc, payload);
+    live.sent.packets += 1;
+    if live.plan.stray_ssrc {
+        let noise: Vec<u8> = (0..payload.len()).map(|_| fastrand::u8(..)).collect();
+        let (stray_seq, stray_ts) = (seq.wrapping_add(20_000), live.ts.wrapping_add(3_000_000));
+        let ssrc = live.ssrc ^ 0x5a5a_5a5a;
+        push_rtp(batch, sock, None, live.plan.dest, pt, false, stray_seq, stray_ts, ssrc, &noise);
+    }
+    live.octets = live.octets.wrapping_add(payload.len() as u32);
+}
+
+/// Moves `live` to the codec its plan names for this 20 ms tick. The
+/// SSRC, sequence and timestamp counters go on (the timestamp in the new
+/// codec's clock from then on), as senders that switch payload type do.
+fn switch_codec(live: &mut Live, tick_no: u32) {
+    let at = Duration::from_millis(tick_no as u64 * 20);
+    let want = live.plan.codecs.iter().rposition(|(from, _, _)| *from <= at).unwrap_or(0);
+    if want == live.current {
+        return;
+    }
+    let old_rate = live.encoder.codec().sample_rate() as usize;
+    let codec = live.plan.codecs[want].1;
+    live.current = want;
+    live.encoder = StreamEncoder::with_options(codec, live.plan.encoder);
+    live.pcm = vec![0; codec.sample_rate() as usize / 50];
+    live.pos = live.pos * codec.sample_rate() as usize / old_rate;
+    if let Source::Tone(f) = live.plan.source {
+        live.tone = Some(Tone::new(f, codec.sample_rate(), 10000));
     }
 }
 

@@ -10,6 +10,7 @@ mod browser;
 mod calls;
 mod cancel;
 mod cluster;
+mod codecs;
 mod corpus;
 mod failures;
 mod harness;
