@@ -156,6 +156,10 @@ pub struct MediaConfig {
     pub recv_buffer_bytes: usize,
     /// `accept`: plain RTP and SRTP (SDES) offers; `require`: plain offers get 488.
     pub srtp: SrtpMode,
+    /// Rate of recordings whose codecs include a wideband one (G.722,
+    /// Opus): 16000 keeps their bandwidth, 8000 writes every call as
+    /// narrowband (half the disk). Narrowband-only calls are always 8000.
+    pub max_sample_rate: u32,
 }
 
 /// Which media protection calls must use.
@@ -265,6 +269,7 @@ impl Default for MediaConfig {
             sync_interval_ms: 1000,
             recv_buffer_bytes: 256 * 1024,
             srtp: SrtpMode::Accept,
+            max_sample_rate: 16000,
         }
     }
 }
@@ -458,6 +463,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        if ![8000, 16000].contains(&self.media.max_sample_rate) {
+            anyhow::bail!("media.max_sample_rate must be 8000 or 16000");
+        }
         if self.media.port_min >= self.media.port_max {
             anyhow::bail!("media.port_min must be below media.port_max");
         }

@@ -755,3 +755,47 @@ fn too_many_answers_waiting_for_the_disk_refuse_new_calls() {
     assert_eq!(acme_invite(&mut h, "slow-4").codes(), vec![100]);
     assert_eq!(h.rec.pending_answers(), 1);
 }
+
+/// A re-INVITE that moves the call to another codec (Webex and Teams
+/// gateways go G.711 → Opus mid-call) updates the streams in place: same
+/// recording, same ports, the new codec table with Opus's FEC asked for.
+#[test]
+fn a_reinvite_switching_codec_updates_the_streams_in_place() {
+    let mut h = Harness::new();
+    let offer = |codecs: &str, maps: &str| {
+        format!(
+            "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 4000 RTP/AVP {codecs}\n{maps}a=sendonly\n"
+        )
+    };
+    let g711 = offer("0", "");
+    let req = h.request("INVITE", "sw-1", 1, None, "", Some("application/sdp"), &g711);
+    let out = h.send(&req);
+    assert_eq!(out.codes(), vec![100, 200]);
+    assert!(matches!(&out.media[0], MediaCommand::Start { sample_rate: 8000, .. }));
+    let tag = to_tag(out.last());
+    let port = out.media.iter().find_map(|m| match m {
+        MediaCommand::AddStream(s) => Some(s.port),
+        _ => None,
+    });
+    let ack = h.request("ACK", "sw-1", 1, Some(&tag), "", None, "");
+    h.send(&ack);
+
+    let opus = offer("111 9", "a=rtpmap:111 opus/48000/2\na=fmtp:111 useinbandfec=1;stereo=1\n");
+    let reinvite = h.request("INVITE", "sw-1", 2, Some(&tag), "", Some("application/sdp"), &opus);
+    let out = h.send(&reinvite);
+    assert_eq!(out.codes(), vec![100, 200]);
+    let answer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert!(answer.contains("a=rtpmap:111 opus/48000/2"), "{answer}");
+    assert!(answer.contains("a=fmtp:111 useinbandfec=1"), "{answer}");
+    let update = out
+        .media
+        .iter()
+        .find_map(|m| match m {
+            MediaCommand::UpdateStream(s) => Some(s),
+            _ => None,
+        })
+        .expect("stream updated");
+    assert_eq!(update.codecs, vec![(111, media::Codec::Opus), (9, media::Codec::G722)]);
+    assert_eq!(Some(update.port), port, "same ports: the recording goes on");
+    assert!(!out.media.iter().any(|m| matches!(m, MediaCommand::Start { .. })), "no second recording");
+}

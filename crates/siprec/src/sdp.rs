@@ -70,7 +70,10 @@ impl RtpMap {
 
     fn to_attr(&self) -> String {
         let enc = match self.encoding.as_str() {
+            // Registered spellings (RFC 4733, RFC 7587): some stacks
+            // compare encoding names case-sensitively.
             "TELEPHONE-EVENT" => "telephone-event".to_owned(),
+            "OPUS" => "opus".to_owned(),
             other => other.to_owned(),
         };
         if self.channels > 1 {

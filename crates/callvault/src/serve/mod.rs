@@ -286,6 +286,7 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
     rcfg.allowed_sources = cfg.sip.allowed_sources.to_vec();
     rcfg.max_calls = cfg.sip.max_calls;
     rcfg.srtp_required = cfg.media.srtp == crate::config::SrtpMode::Require;
+    rcfg.max_sample_rate = cfg.media.max_sample_rate;
     rcfg.advertised_ip = cfg.sip.advertised_address;
     rcfg.fallback_ip = fallback_ip(&cfg);
     rcfg.sip_udp = udp_addr;
