@@ -134,3 +134,32 @@ pub fn srtp_unprotect(data: &[u8]) {
         }
     }
 }
+
+/// Packets for each decoder: byte 0 picks the codec (low 3 bits) and the
+/// recording rate (bit 3: 16 kHz); the rest is packets, each a length
+/// byte then that many bytes. Consecutive packets also go through Opus
+/// FEC recovery. Whatever the payload, a decoder writes within its buffer
+/// and never more than one packet's worth of samples.
+pub fn codec_decode(data: &[u8]) {
+    use media::decoder::{StreamDecoder, MAX_PACKET_SAMPLES};
+    use media::Codec;
+    let Some((&head, mut rest)) = data.split_first() else { return };
+    let codec = Codec::ALL[(head & 7) as usize % Codec::ALL.len()];
+    if !codec.is_built() {
+        return;
+    }
+    let rate = if head & 8 != 0 { 16000 } else { 8000 };
+    let mut dec = StreamDecoder::new(rate);
+    let mut out = vec![0i16; MAX_PACKET_SAMPLES];
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = (len as usize).min(tail.len());
+        let (packet, tail) = tail.split_at(len);
+        rest = tail;
+        let n = dec.decode(codec, packet, &mut out);
+        assert!(n <= MAX_PACKET_SAMPLES);
+        if codec == Codec::Opus {
+            let n = dec.recover_opus(packet, u64::from(len as u32) * 120, &mut out);
+            assert!(n <= MAX_PACKET_SAMPLES);
+        }
+    }
+}

@@ -20,7 +20,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd fuzz
 cargo +nightly fuzz build -O
-for t in sip_message sdp rs_metadata recording_body rtp_stream srtp_unprotect; do
+for t in sip_message sdp rs_metadata recording_body rtp_stream srtp_unprotect codec_decode; do
   echo "== fuzz $t (${SECONDS_PER_TARGET}s)"
   mkdir -p "$work/$t"
   cargo +nightly fuzz run -O "$t" "$work/$t" "corpus/$t" -- \

@@ -44,6 +44,10 @@ pub struct IngestArgs {
     /// Print the results as JSON too.
     #[arg(long)]
     pub json: bool,
+    /// Codec of the calls (`pcmu`, `g722`, `opus`, `g729`): the load
+    /// generator sends a pre-encoded tone, so its own cost stays small.
+    #[arg(long, default_value = "pcmu")]
+    pub codec: String,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -105,6 +109,7 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
             rtcp_dest: None,
             codecs: vec![(Duration::ZERO, Codec::Pcmu, 0)],
             encoder: Default::default(),
+            precoded: false,
             telephone_event_pt: 101,
             source: Source::Tone(440.0),
             loss: 0.0,
@@ -184,6 +189,9 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
                 &duration.to_string(),
                 "--setup-timeout",
                 "30",
+                "--codec",
+                &args.codec,
+                "--precoded",
             ],
         )?;
         let calls = rt.spawn(place_calls(ca));
@@ -264,7 +272,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         setup_ms_p50: s.setup_ms_p50,
         setup_ms_p95: s.setup_ms_p95,
     };
-    println!("\n== callvault bench ({} cores)", report.cores);
+    println!("\n== callvault bench ({} cores, codec {})", report.cores, args.codec);
     println!(
         "{:>6} {:>9} {:>7} {:>12} {:>12} {:>7} {:>6} {:>6}",
         "calls", "pkt/s", "cpu%", "ns/pkt", "floor ns", "ratio", "lost", "late"

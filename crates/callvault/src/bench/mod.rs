@@ -50,7 +50,7 @@ pub enum BenchMode {
     Soak(SoakArgs),
     /// Replication throughput and lag, outbox size, anti-entropy cost
     Replication(ReplicationArgs),
-    /// CPU per packet of the media path per stream kind (G.711, SRTP suites)
+    /// CPU per packet of the media path per stream kind (codecs, SRTP suites)
     Media(media::MediaArgs),
     /// Search latency over a large index, first audio byte, list API requests/s
     Search(search::SearchArgs),

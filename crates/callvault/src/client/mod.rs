@@ -102,6 +102,11 @@ pub struct CallArgs {
     /// G.729: Annex B silence suppression (SID frames, then nothing).
     #[arg(long)]
     pub vad: bool,
+    /// Tones only: encode one second of each tone once and loop it, so a
+    /// load test measures the recorder, not this generator's encoder
+    /// (Opus encoding costs more than decoding).
+    #[arg(long)]
+    pub precoded: bool,
     /// Fraction of RTP packets to drop (0.0–1.0), to test loss handling.
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
@@ -481,6 +486,7 @@ fn plan(sh: &Shared, dest: SocketAddr, codecs: &[(Codec, u8)], source: Source, s
         rtcp_dest: Some(SocketAddr::new(dest.ip(), dest.port() + 1)),
         codecs: codecs.iter().enumerate().map(|(i, &(c, pt))| (share * i as u32, c, pt)).collect(),
         encoder: media::EncoderOptions { fec: true, vad: sh.args.vad },
+        precoded: sh.args.precoded,
         telephone_event_pt: 101,
         source,
         loss: if !stream_a && sh.args.no_rtp_b { 1.0 } else { sh.args.loss },

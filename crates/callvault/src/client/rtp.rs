@@ -33,6 +33,8 @@ pub struct StreamPlan {
     /// 0): a sender switching among the answer's payload types mid-call.
     pub codecs: Vec<(Duration, Codec, u8)>,
     pub encoder: EncoderOptions,
+    /// Loop one second of pre-encoded tone instead of encoding each packet.
+    pub precoded: bool,
     pub telephone_event_pt: u8,
     pub source: Source,
     /// Probability of dropping each packet.
@@ -81,6 +83,8 @@ struct Live {
     current: usize,
     encoder: StreamEncoder,
     pcm: Vec<i16>,
+    /// One second of the tone in the current codec (with `precoded`).
+    looped: Option<Arc<Vec<Vec<u8>>>>,
     sent: Sent,
     dtmf: Vec<(char, u8)>,
     next_sr: Instant,
@@ -125,6 +129,7 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
     let mut calls: HashMap<u64, Vec<Live>> = HashMap::new();
     let mut batch = SendBatch::new(256);
     let mut payload = Vec::with_capacity(1500);
+    let mut loops = Loops::default();
     let tick = Duration::from_millis(20);
     let mut next = Instant::now() + tick;
     loop {
@@ -143,6 +148,7 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                             current: 0,
                             encoder: StreamEncoder::with_options(plan.codecs[0].1, plan.encoder),
                             pcm: vec![0; plan.codecs[0].1.sample_rate() as usize / 50],
+                            looped: loops.get(&plan, plan.codecs[0].1),
                             dtmf: plan
                                 .dtmf
                                 .as_ref()
@@ -190,7 +196,9 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
                 let within = (into % 15) * 20; // ms into the digit
                 live.dtmf.get(idx).map(|&(_, code)| (idx, code, within))
             });
-            switch_codec(live, tick_no);
+            if switch_codec(live, tick_no) {
+                live.looped = loops.get(&live.plan, live.encoder.codec());
+            }
             let rate = live.encoder.codec().sample_rate() as usize;
             let clock_ms = live.encoder.codec().clock_rate() / 1000;
             match live.tone.as_mut() {
@@ -238,7 +246,13 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
             } else {
                 // Encode even what the network will drop: the encoder's state
                 // (Opus FEC of the previous frame) goes on as on a real path.
-                live.encoder.encode(&live.pcm, &mut payload);
+                match &live.looped {
+                    Some(l) => {
+                        payload.clear();
+                        payload.extend_from_slice(&l[tick_no as usize % l.len()]);
+                    }
+                    None => live.encoder.encode(&live.pcm, &mut payload),
+                }
                 if payload.is_empty() {
                     // Silence suppressed (G.729 Annex B): nothing sent, and
                     // the sequence number is not used up.
@@ -293,14 +307,43 @@ fn send_audio(live: &mut Live, batch: &mut SendBatch, sock: &UdpSocket, seq: u16
     live.octets = live.octets.wrapping_add(payload.len() as u32);
 }
 
+/// Pre-encoded seconds of tone, shared by every stream playing the same
+/// tone in the same codec (with `--precoded`).
+#[derive(Default)]
+struct Loops(HashMap<(Codec, u64), Arc<Vec<Vec<u8>>>>);
+
+impl Loops {
+    fn get(&mut self, plan: &StreamPlan, codec: Codec) -> Option<Arc<Vec<Vec<u8>>>> {
+        let Source::Tone(f) = plan.source else { return None };
+        if !plan.precoded {
+            return None;
+        }
+        let entry = self.0.entry((codec, f.to_bits())).or_insert_with(|| {
+            let mut enc = StreamEncoder::with_options(codec, plan.encoder);
+            let mut tone = Tone::new(f, codec.sample_rate(), 10000);
+            let mut pcm = vec![0; enc.frame_samples(20)];
+            let packets = (0..50)
+                .map(|_| {
+                    tone.fill(&mut pcm);
+                    let mut p = Vec::new();
+                    enc.encode(&pcm, &mut p);
+                    p
+                })
+                .collect();
+            Arc::new(packets)
+        });
+        Some(entry.clone())
+    }
+}
+
 /// Moves `live` to the codec its plan names for this 20 ms tick. The
 /// SSRC, sequence and timestamp counters go on (the timestamp in the new
 /// codec's clock from then on), as senders that switch payload type do.
-fn switch_codec(live: &mut Live, tick_no: u32) {
+fn switch_codec(live: &mut Live, tick_no: u32) -> bool {
     let at = Duration::from_millis(tick_no as u64 * 20);
     let want = live.plan.codecs.iter().rposition(|(from, _, _)| *from <= at).unwrap_or(0);
     if want == live.current {
-        return;
+        return false;
     }
     let old_rate = live.encoder.codec().sample_rate() as usize;
     let codec = live.plan.codecs[want].1;
@@ -311,6 +354,7 @@ fn switch_codec(live: &mut Live, tick_no: u32) {
     if let Source::Tone(f) = live.plan.source {
         live.tone = Some(Tone::new(f, codec.sample_rate(), 10000));
     }
+    true
 }
 
 fn batch_push(batch: &mut SendBatch, sock: &UdpSocket, dest: SocketAddr, data: &[u8]) {

@@ -137,7 +137,7 @@ fn plain_call_over_tcp_and_mono_call() {
 }
 
 /// A WAV of silence with 200 ms beeps at the given times.
-fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
+pub(crate) fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
     let spec =
         hound::WavSpec { channels: 1, sample_rate: 8000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut w = hound::WavWriter::create(path, spec).unwrap();
@@ -152,7 +152,7 @@ fn beeps(path: &Path, seconds: f64, freq: f64, at_ms: &[u64]) {
 }
 
 /// First sample index (ms) where the channel's 40 ms energy passes a threshold, after `from_ms`.
-fn onset(ch: &[i16], from_ms: u64) -> Option<u64> {
+pub(crate) fn onset(ch: &[i16], from_ms: u64) -> Option<u64> {
     let start = (from_ms * 8) as usize;
     (start..ch.len().saturating_sub(320))
         .step_by(8)

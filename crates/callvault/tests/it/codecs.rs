@@ -129,3 +129,61 @@ fn opus_fills_single_losses_from_in_band_fec() {
     );
     wav.assert_tone(0, 440.0, 1000.0, 200, 3800);
 }
+
+/// G.729 with Annex B silence suppression (builds with the `g729`
+/// feature): between beeps the sender sends SID frames and then nothing;
+/// the recording keeps every beep where it was sent, both channels aligned
+/// (B 500 ms after A), and the gaps are silence, not lost time.
+#[test]
+fn g729_with_silence_suppression_keeps_beeps_in_place() {
+    if !media::Codec::G729.is_built() {
+        eprintln!("G.729 is not in this build (feature g729): nothing to test");
+        return;
+    }
+    let node = Node::start("g729-vad");
+    let dir = crate::harness::temp_dir("g729-beeps");
+    let (a, b) = (dir.join("a.wav"), dir.join("b.wav"));
+    let beeps_a = [1000u64, 2000, 3000];
+    let beeps_b = beeps_a.map(|t| t + 500);
+    crate::calls::beeps(&a, 4.5, 700.0, &beeps_a);
+    crate::calls::beeps(&b, 4.5, 1300.0, &beeps_b);
+    let s = call(
+        node.sip_udp,
+        &[
+            "--duration",
+            "4",
+            "--codec",
+            "g729",
+            "--vad",
+            "--wav-a",
+            a.to_str().unwrap(),
+            "--wav-b",
+            b.to_str().unwrap(),
+        ],
+    );
+    let rec = node.finished(&call_id(&s));
+    assert_eq!(rec["audio"]["sample_rate"], 8000);
+    let st = &rec["streams"][0]["stats"];
+    // 4 s at 50 packets/s would be 200 packets: silence sent far fewer.
+    assert!(st["packets"].as_u64().unwrap() < 120, "silence was suppressed: {st}");
+    assert_eq!(st["lost"], 0, "suppressed silence is not loss: {st}");
+    assert_eq!(spans(&rec, 0)[0].0, "G729");
+    let wav = node.audio(&rec);
+    let onsets = |ch: usize, first: u64| -> Vec<i64> {
+        (0..3u64)
+            .map(|k| {
+                crate::calls::onset(&wav.channels[ch], first - 100 + 1000 * k).expect("a beep") as i64 - 1000 * k as i64
+            })
+            .collect()
+    };
+    let (oa, ob) = (onsets(0, 1000), onsets(1, 1500));
+    let ctx = format!("A onsets - k s: {oa:?}; B: {ob:?}");
+    for o in [&oa, &ob] {
+        assert!(o.iter().all(|t| (t - o[0]).abs() <= 10), "a beep moved across a silence gap: {ctx}");
+    }
+    assert!((ob[0] - oa[0] - 500).abs() <= 10, "B must trail A by 500 ms: {ctx}");
+    for k in 0..3u64 {
+        wav.assert_tone(0, 700.0, 1300.0, oa[0] as u64 + 1000 * k + 20, oa[0] as u64 + 1000 * k + 180);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -29,4 +29,5 @@ fn fuzz_corpus_replays_cleanly() {
     assert!(replay("recording_body", fuzz_harness::recording_body) >= 5);
     assert!(replay("rtp_stream", fuzz_harness::rtp_stream) >= 1);
     assert!(replay("srtp_unprotect", fuzz_harness::srtp_unprotect) >= 4);
+    assert!(replay("codec_decode", fuzz_harness::codec_decode) >= 4);
 }
