@@ -18,6 +18,8 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # The web UI is tested in a real browser, driven over WebDriver (tests/it/browser.rs).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# A third-party SIP UA as the recording source (Opus, G.722, SRTP, TLS).
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   $SUDO apt-get update -qq

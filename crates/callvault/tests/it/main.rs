@@ -5,6 +5,7 @@
 mod access;
 mod alerting;
 mod bad_input;
+mod baresip;
 mod bounded_state;
 mod browser;
 mod calls;
