@@ -70,7 +70,8 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/wsinv.sip", &[100, 481]),
         // 3.1.2.7: LWS inside the Request-URI.
         ("rfc4475/lwsruri.sip", &[400]),
-        // 3.1.2.3: a negative Content-Length.
+        // 3.1.2.4 (scalar02): CSeq past 2^32 (and Max-Forwards 300, an
+        // Expires of 101 digits).
         ("rfc4475/scalar02.sip", &[400]),
         // 3.1.2.1: empty Via and parameter list items.
         ("rfc4475/badinv01.sip", &[400]),
@@ -150,6 +151,19 @@ fn rfc4475_messages_get_the_answer_the_rfc_expects() {
         ("rfc4475/regbadct.sip", &[405]),
         ("rfc4475/regescrt.sip", &[405]),
         ("rfc4475/unksm2.sip", &[405]),
+        // 3.1.2.3 (ncl): a negative Content-Length.
+        ("rfc4475/ncl.sip", &[400]),
+        // 3.1.1.2 (intmeth): every character a token may hold in method,
+        // URI, Via, tags and an extension header, NUL/BEL/DEL as quoted
+        // pairs and UTF-8 in a parameter: valid, an unknown method.
+        ("rfc4475/intmeth.sip", &[501]),
+        // 3.1.1.12 (unreason): a response whose reason phrase is UTF-8, to
+        // nothing we sent: parsed, ignored.
+        ("rfc4475/unreason.sip", &[]),
+        // 3.1.1.11 (mpart01): a MESSAGE whose multipart body has a binary
+        // part with NUL and CRLF bytes (ours, not the RFC's signature
+        // bytes; the framing is the same): framed right, then 405.
+        ("rfc4475/mpart01.sip", &[405]),
     ];
     assert_answers(cases);
 }
