@@ -415,6 +415,11 @@ impl Endpoint {
             Err(ParseError::ContentLength) => {
                 self.reject_unparsable(peer, data, StatusCode::BAD_REQUEST, "Malformed Content-Length")
             }
+            // A line that is no header (e.g. a folded line whose leading
+            // whitespace a sender stripped): answered 400 from the rest.
+            Err(ParseError::HeaderLine(_)) => {
+                self.reject_unparsable(peer, data, StatusCode::BAD_REQUEST, "Malformed header line")
+            }
             Err(e) => self.emit(Event::Malformed { peer, reason: e.to_string(), answered: None }),
         }
     }
@@ -435,10 +440,19 @@ impl Endpoint {
             let text = String::from_utf8_lossy(&head).into_owned();
             let cleaned: String = text
                 .split_inclusive('\n')
-                .filter(|l| {
+                .enumerate()
+                .filter(|(i, l)| {
                     let name = l.split(':').next().unwrap_or("").trim();
-                    !(name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l"))
+                    let is_token = |n: &str| {
+                        !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+                    };
+                    let no_header = *i > 0
+                        && !l.trim().is_empty()
+                        && !l.starts_with([' ', '\t'])
+                        && !l.split_once(':').is_some_and(|(n, _)| is_token(n.trim_end()));
+                    !(no_header || name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l"))
                 })
+                .map(|(_, l)| l)
                 .collect();
             head = cleaned.into_bytes();
             let fixed = fix_version(&head).or_else(|| replace_request_line(&head));

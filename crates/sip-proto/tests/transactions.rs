@@ -229,6 +229,14 @@ fn malformed_requests_get_400_with_reason() {
     assert_eq!(r.status.as_u16(), 400);
     assert!(r.reason.starts_with("Body shorter"));
 
+    // Regression (SIPp strips the indentation of folded lines): a line that
+    // is no header gets 400, not silence, when the rest says where to answer.
+    let unfolded = invite("z9hG4bK2").replace("Call-ID: call-1\r\n", "Call-ID: call-1\r\n<sip:orphan@example.com>\r\n");
+    ep.handle_message(now, peer(), unfolded.as_bytes());
+    let d = drain(&mut ep);
+    let Message::Response(r) = &d.sent[0].1 else { panic!("no answer: {:?}", d.events) };
+    assert_eq!((r.status.as_u16(), r.reason.as_str()), (400, "Malformed header line"));
+
     // Garbage cannot be answered; it is reported, not fatal.
     ep.handle_message(now, peer(), b"\x00\x01garbage\r\n\r\n");
     let d = drain(&mut ep);

@@ -94,3 +94,39 @@ fn sipp_options_keepalive() {
     let node = Node::start("sipp-opt");
     sipp(node.sip_udp, "options.xml", "u1");
 }
+
+/// The liberal-parsing cases of issue 8 from a real SIP stack over UDP and
+/// TCP: the call is recorded, the BYE with INVITE in its CSeq ends it, and
+/// each tolerated case shows in `callvault_sip_tolerated_total`.
+#[test]
+fn sipp_liberal_call_is_recorded_and_each_case_counted() {
+    for transport in ["u1", "t1"] {
+        let node = Node::start("sipp-liberal");
+        let target = if transport == "u1" { node.sip_udp } else { node.sip_tcp };
+        sipp(target, "liberal_call.xml", transport);
+        let rec = only_recording(&node);
+        assert_eq!(rec["state"], "completed", "{rec:#}");
+        assert_eq!(rec["caller"], "+15550111", "folded, compact From understood");
+        let wav = node.audio(&rec);
+        assert!(media::signal::rms(wav.slice(0, 300, 2300)) > 300.0, "pcap audio recorded");
+        let metrics = node.raw_get("/metrics").call().unwrap().body_mut().read_to_string().unwrap();
+        for case in ["sdp_stray_line", "cseq_method_mismatch"] {
+            assert!(
+                metrics.lines().any(|l| l.starts_with("callvault_sip_tolerated_total{") && l.contains(case)),
+                "{transport}: {case} not counted"
+            );
+        }
+    }
+}
+
+/// RFC 4475 refusals from SIPp over UDP and TCP: each request gets the
+/// code its fixture expects, and the node goes on serving.
+#[test]
+fn sipp_rfc4475_refusals_get_the_expected_codes() {
+    let node = Node::start("sipp-rfc4475");
+    for (transport, target) in [("u1", node.sip_udp), ("t1", node.sip_tcp)] {
+        sipp(target, "rfc4475_refusals.xml", transport);
+    }
+    assert_eq!(node.get("/health/live").0, 200);
+    assert!(node.recordings("").is_empty(), "nothing recorded from refused requests");
+}
