@@ -102,8 +102,13 @@ pub struct SipConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// With a CA file (PEM), every SIP TLS client must present a
-    /// certificate it signed (mutual TLS).
+    /// certificate it signed (mutual TLS), or only those of
+    /// `tls_client_cert_from` when that list is set.
     pub tls_client_ca: Option<PathBuf>,
+    /// Sources (CIDR) that must present a client certificate signed by
+    /// `tls_client_ca`; others may connect without one (a certificate they
+    /// do present is still checked). Empty: every client must.
+    pub tls_client_cert_from: Vec<IpNet>,
     /// Address written into SDP and Contact (defaults to the address the
     /// request was sent to, or the listen address).
     pub advertised_address: Option<IpAddr>,
@@ -241,6 +246,7 @@ impl Default for SipConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_cert_from: Vec::new(),
             advertised_address: None,
             allowed_sources: Vec::new(),
             max_calls: 0,

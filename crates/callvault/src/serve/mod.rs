@@ -278,7 +278,8 @@ pub async fn run(cfg: Config, reload: Reload) -> anyhow::Result<()> {
         tokio::spawn(transports.clone().run_tcp(l));
     }
     if let Some((l, server_tls)) = tls {
-        tokio::spawn(transports.clone().run_tls(l, server_tls));
+        let cert_from = if cfg.sip.tls_client_ca.is_some() { cfg.sip.tls_client_cert_from.clone() } else { Vec::new() };
+        tokio::spawn(transports.clone().run_tls(l, server_tls, cert_from));
     }
 
     // The recorder core.
@@ -502,7 +503,14 @@ fn sip_tls_acceptor(cfg: &Config) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let (Some(cert), Some(key)) = (&cfg.sip.tls_cert, &cfg.sip.tls_key) else {
         anyhow::bail!("sip.tls needs sip.tls_cert and sip.tls_key");
     };
-    tls::server_config(cert, key, cfg.sip.tls_client_ca.as_deref(), &[])
+    // A CA with no source list: every client presents a certificate. With
+    // a list, only those sources must; others may (and are checked if they do).
+    let clients = match (&cfg.sip.tls_client_ca, cfg.sip.tls_client_cert_from.is_empty()) {
+        (None, _) => tls::ClientCerts::None,
+        (Some(ca), true) => tls::ClientCerts::Required(ca),
+        (Some(ca), false) => tls::ClientCerts::Optional(ca),
+    };
+    tls::server_config(cert, key, clients, &[])
 }
 
 /// Raises the soft open-files limit to the hard one (each recorded stream

@@ -59,23 +59,35 @@ impl ServerTls {
     }
 }
 
-/// A server config from certificate and key files; with `client_ca`, a
-/// client must present a certificate signed by that CA.
+/// Whether a TLS client must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts<'a> {
+    /// No client certificates asked for.
+    None,
+    /// Every client presents one signed by this CA.
+    Required(&'a Path),
+    /// A client may present one; if it does, this CA must have signed it
+    /// (the caller decides per source who must).
+    Optional(&'a Path),
+}
+
+/// A server config from certificate and key files and a client
+/// certificate policy.
 pub fn server_config(
     cert: &Path,
     key_path: &Path,
-    client_ca: Option<&Path>,
+    clients: ClientCerts,
     alpn: &[&[u8]],
 ) -> anyhow::Result<TlsAcceptor> {
     let builder = rustls::ServerConfig::builder();
-    let builder = match client_ca {
-        Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(ca)?))
-                .build()
-                .context("client certificate verifier")?;
-            builder.with_client_cert_verifier(verifier)
+    let builder = match clients {
+        ClientCerts::Required(ca) | ClientCerts::Optional(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots(ca)?));
+            let verifier =
+                if matches!(clients, ClientCerts::Optional(_)) { verifier.allow_unauthenticated() } else { verifier };
+            builder.with_client_cert_verifier(verifier.build().context("client certificate verifier")?)
         }
-        None => builder.with_no_client_auth(),
+        ClientCerts::None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(certs(cert)?, key(key_path)?).context("the TLS certificate and key")?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -215,7 +215,10 @@ impl Transports {
     /// handshake runs in its own task (10 s at most), then the connection
     /// is a SIP connection like any other; answers and in-dialog requests
     /// go back over it.
-    pub async fn run_tls(self, listener: TcpListener, tls: super::tls::ServerTls) {
+    /// Sources in `cert_from` must have presented a client certificate
+    /// (the handshake verified it); a connection from one without is closed.
+    pub async fn run_tls(self, listener: TcpListener, tls: super::tls::ServerTls, cert_from: Vec<ipnet::IpNet>) {
+        let cert_from = std::sync::Arc::new(cert_from);
         loop {
             let (stream, from) = match listener.accept().await {
                 Ok(c) => c,
@@ -234,15 +237,17 @@ impl Transports {
             }
             let _ = stream.set_nodelay(true);
             self.stats.open.fetch_add(1, Ordering::Relaxed);
-            let (this, acceptor) = (self.clone(), tls.current());
+            let (this, acceptor, cert_from) = (self.clone(), tls.current(), cert_from.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await;
+                let must_have_cert = cert_from.iter().any(|net| net.contains(&from.ip()));
                 match handshake {
-                    Ok(Ok(tls_stream)) => {
+                    Ok(Ok(tls_stream)) if !must_have_cert || tls_stream.get_ref().1.peer_certificates().is_some() => {
                         this.adopt_stream(tls_stream, from, Transport::Tls, Some(from.ip()));
                     }
                     outcome => {
                         let why = match outcome {
+                            Ok(Ok(_)) => "no client certificate from a source that must present one".to_owned(),
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".to_owned(),
                         };

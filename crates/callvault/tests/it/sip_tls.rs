@@ -27,6 +27,16 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr, ca: &Path, client: Option<(&Path, &Path)>) -> std::io::Result<Client> {
+        Client::connect_from("127.0.0.1".parse().unwrap(), addr, ca, client)
+    }
+
+    /// [`Client::connect`] from a chosen loopback address (127.0.0.0/8).
+    fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+        ca: &Path,
+        client: Option<(&Path, &Path)>,
+    ) -> std::io::Result<Client> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
@@ -45,7 +55,10 @@ impl Client {
             None => builder.with_no_client_auth(),
         };
         let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::IpAddress(addr.ip().into())).unwrap();
-        let tcp = TcpStream::connect(addr)?;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::new(local, 0).into())?;
+        sock.connect(&addr.into())?;
+        let tcp: TcpStream = sock.into();
         tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         // Drive the handshake now so a refusal shows here.
@@ -165,5 +178,57 @@ fn sip_over_tls_records_a_call_refuses_missing_client_certs_and_reloads_its_cert
     assert_eq!(renewed.server_cert(), der(&pki.join("recorder-renewed.pem")));
     assert!(renewed.exchange(&options(local, 2), "SIP/2.0 200").contains("SIP/2.0 200 OK"));
     assert!(c.exchange(&options(local, 3), "SIP/2.0 200").contains("SIP/2.0 200 OK"), "the old connection still works");
+    let _ = std::fs::remove_dir_all(pki);
+}
+
+/// Client certificates per source (issue 8): with `tls_client_cert_from`
+/// only the listed sources must present one; another source connects
+/// without. A call in progress keeps recording across SIGHUP.
+#[test]
+fn client_certificates_are_required_per_source_and_sighup_leaves_calls_recording() {
+    let pki = temp_dir("sip-tls-per-source");
+    crate::cluster::make_pki(&pki, &["recorder", "sbc"]);
+    let ca = pki.join("ca.pem");
+    let node = Node::start_with(
+        "sip-tls-per-source",
+        &[
+            ("CALLVAULT_SIP__TLS", "127.0.0.1:0"),
+            ("CALLVAULT_SIP__TLS_CERT", pki.join("recorder.pem").to_str().unwrap()),
+            ("CALLVAULT_SIP__TLS_KEY", pki.join("recorder.key").to_str().unwrap()),
+            ("CALLVAULT_SIP__TLS_CLIENT_CA", ca.to_str().unwrap()),
+            ("CALLVAULT_SIP__TLS_CLIENT_CERT_FROM", "[127.0.0.2/32]"),
+        ],
+    );
+    let addr = tls_addr(&node);
+    let sbc = (pki.join("sbc.pem"), pki.join("sbc.key"));
+    let sbc = Some((sbc.0.as_path(), sbc.1.as_path()));
+    let ping = |c: &mut Client, n: u32| c.exchange(&options("127.0.0.1:5999", n), "SIP/2.0 200");
+
+    // 127.0.0.1 is not listed: served without a certificate.
+    let mut open = Client::connect(addr, &ca, None).unwrap();
+    assert!(ping(&mut open, 10).contains("SIP/2.0 200 OK"));
+    // 127.0.0.2 is listed: without a certificate the connection is closed...
+    let refused = Client::connect_from("127.0.0.2".parse().unwrap(), addr, &ca, None)
+        .map(|mut c| ping(&mut c, 11))
+        .unwrap_or_default();
+    assert!(!refused.contains("SIP/2.0 200"), "a listed source without a certificate was served: {refused}");
+    assert!(node.log().contains("no client certificate from a source that must present one"), "{}", node.log());
+    // ...and with one it is served.
+    let mut listed = Client::connect_from("127.0.0.2".parse().unwrap(), addr, &ca, sbc).unwrap();
+    assert!(ping(&mut listed, 12).contains("SIP/2.0 200 OK"));
+
+    // A call in progress over UDP while the node reloads (SIGHUP): it
+    // records to the end, all of it.
+    let child = crate::harness::call_bg(node.sip_udp, &["--duration", "3", "--tone-a", "440", "--tone-b", "1000"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(std::process::Command::new("kill").arg("-HUP").arg(node.pid().to_string()).status().unwrap().success());
+    let s = crate::harness::finish_bg(child);
+    assert_eq!(s["established"], 1, "{s:#}");
+    let rec = node.finished(s["calls"][0]["call_ids"][0].as_str().unwrap());
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    let d = rec["duration_ms"].as_u64().unwrap();
+    assert!(d.abs_diff(3000) <= 60, "the whole call was recorded: {d} ms");
+    node.audio(&rec).assert_tone(0, 440.0, 1000.0, 200, 2800);
+    assert!(node.log().contains("SIP TLS certificate and key reloaded"), "{}", node.log());
     let _ = std::fs::remove_dir_all(pki);
 }

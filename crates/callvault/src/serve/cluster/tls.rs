@@ -27,8 +27,9 @@ pub use crate::serve::tls::ServerTls;
 /// The server side, when the configuration asks for TLS.
 pub fn acceptor(cfg: &ClusterConfig) -> anyhow::Result<Option<TlsAcceptor>> {
     let (Some(cert), Some(key_path), Some(ca)) = (&cfg.tls_cert, &cfg.tls_key, &cfg.tls_ca) else { return Ok(None) };
-    let client_ca = cfg.tls_client_auth.then_some(ca.as_path());
-    crate::serve::tls::server_config(cert, key_path, client_ca, &[b"http/1.1"]).map(Some)
+    use crate::serve::tls::ClientCerts;
+    let clients = if cfg.tls_client_auth { ClientCerts::Required(ca.as_path()) } else { ClientCerts::None };
+    crate::serve::tls::server_config(cert, key_path, clients, &[b"http/1.1"]).map(Some)
 }
 
 /// The client side: trust only the cluster CA; present our certificate
