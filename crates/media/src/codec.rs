@@ -39,10 +39,7 @@ impl Codec {
 
     /// Whether this build can decode the codec (G.729 needs a feature).
     pub fn is_built(self) -> bool {
-        match self {
-            Codec::G729 => cfg!(feature = "g729"),
-            _ => true,
-        }
+        self != Codec::G729 || cfg!(feature = "g729")
     }
 
     /// The name used in SDP, metadata and on the command line.

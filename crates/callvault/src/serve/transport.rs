@@ -218,7 +218,7 @@ impl Transports {
     /// Sources in `cert_from` must have presented a client certificate
     /// (the handshake verified it); a connection from one without is closed.
     pub async fn run_tls(self, listener: TcpListener, tls: super::tls::ServerTls, cert_from: Vec<ipnet::IpNet>) {
-        let cert_from = std::sync::Arc::new(cert_from);
+        let cert_from = Arc::new(cert_from);
         loop {
             let (stream, from) = match listener.accept().await {
                 Ok(c) => c,
