@@ -48,6 +48,9 @@ pub struct IngestArgs {
     /// generator sends a pre-encoded tone, so its own cost stays small.
     #[arg(long, default_value = "pcmu")]
     pub codec: String,
+    /// Send SRTP with this SDES suite (e.g. AES_CM_128_HMAC_SHA1_80).
+    #[arg(long)]
+    pub srtp: Option<String>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -176,6 +179,10 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         eprintln!("step: {n} concurrent calls ({} streams, {} packets/s)", 2 * n, 100 * n);
         let floor = sink(2 * n, &pacer, Duration::from_secs(args.window))?;
         let duration = 3 + args.window + 3;
+        let mut extra: Vec<&str> = Vec::new();
+        if let Some(suite) = &args.srtp {
+            extra.extend(["--srtp", suite.as_str()]);
+        }
         let ca = call_args(
             server.sip,
             &[
@@ -192,7 +199,10 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
                 "--codec",
                 &args.codec,
                 "--precoded",
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect::<Vec<_>>(),
         )?;
         let calls = rt.spawn(place_calls(ca));
         // Wait until every call is up (ramp at 400/s), then warm up.
@@ -272,7 +282,12 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         setup_ms_p50: s.setup_ms_p50,
         setup_ms_p95: s.setup_ms_p95,
     };
-    println!("\n== callvault bench ({} cores, codec {})", report.cores, args.codec);
+    println!(
+        "\n== callvault bench ({} cores, codec {}{})",
+        report.cores,
+        args.codec,
+        args.srtp.as_deref().map(|s| format!(", SRTP {s}")).unwrap_or_default()
+    );
     println!(
         "{:>6} {:>9} {:>7} {:>12} {:>12} {:>7} {:>6} {:>6}",
         "calls", "pkt/s", "cpu%", "ns/pkt", "floor ns", "ratio", "lost", "late"

@@ -56,7 +56,7 @@ enum Kind {
     Plain,
     /// A request the recorder refuses (420 Bad Extension).
     Refused,
-    /// An SDP offer with no codec we decode (488).
+    /// An SDP offer with no codec any build decodes (GSM: 488).
     Undecodable,
 }
 
@@ -302,7 +302,7 @@ impl Sim {
                         &siprec_body(),
                     ),
                     Kind::Plain => self.new_leg(from, "", Some("application/sdp"), &sdp(4000, "0 8")),
-                    Kind::Undecodable => self.new_leg(from, "", Some("application/sdp"), &sdp(4000, "18")),
+                    Kind::Undecodable => self.new_leg(from, "", Some("application/sdp"), &sdp(4000, "3")),
                     Kind::Refused => self.new_leg(from, "Require: frobnicate\r\n", None, ""),
                     Kind::Forked => {
                         for end in ["x-nearend", "x-farend"] {
