@@ -538,6 +538,11 @@ impl Shard {
                 }
             }
         };
+        // Jitter is measured in the RTP clock of the codec this packet uses.
+        let pt = data.get(1).map_or(0, |b| b & 0x7f);
+        if let Some(codec) = s.decode.codecs[pt as usize] {
+            s.receiver.set_clock_rate(codec.clock_rate());
+        }
         let mut outcome = s.receiver.on_rtp(now, from, data);
         if outcome == Accept::Restart {
             while let Some(p) = s.receiver.pop_any() {

@@ -165,6 +165,15 @@ impl StreamReceiver {
         self.clock_rate
     }
 
+    /// The sender moved to a codec with another RTP clock (a mid-call
+    /// switch): jitter is measured afresh in the new clock's units.
+    pub fn set_clock_rate(&mut self, clock_rate: u32) {
+        if clock_rate.max(1) != self.clock_rate {
+            self.clock_rate = clock_rate.max(1);
+            self.jitter.reset();
+        }
+    }
+
     pub fn latched_source(&self) -> Option<SocketAddr> {
         self.latch.source()
     }

@@ -82,6 +82,10 @@ fn a_mid_call_switch_between_three_codecs_stays_in_one_aligned_file() {
         let used = spans(&rec, stream);
         let names: Vec<&str> = used.iter().map(|(n, _, _)| n.as_str()).collect();
         assert_eq!(names, ["PCMU", "G722", "opus"], "{used:?}");
+        // Jitter is measured in each codec's own clock (48 kHz for Opus):
+        // a loopback stream stays far below 20 ms across the switches.
+        let jitter = rec["streams"][stream]["stats"]["max_jitter_ms"].as_f64().unwrap();
+        assert!(jitter < 20.0, "stream {stream}: max jitter {jitter} ms across the switches");
         // Each switch lands where the sender made it (1 s and 2 s after
         // the first packet), give or take the playout of a packet or two.
         let first = used[0].1;
