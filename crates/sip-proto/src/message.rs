@@ -380,7 +380,7 @@ pub fn frame(buf: &[u8], max_size: usize) -> Framing {
         Ok(h) => h,
         Err(_) => return Framing::Invalid(ParseError::NotUtf8),
     };
-    let mut content_length = 0usize;
+    let mut declared: Option<usize> = None;
     for line in head.split('\n').skip(1) {
         let Some((name, value)) = line.split_once(':') else {
             continue;
@@ -388,11 +388,15 @@ pub fn frame(buf: &[u8], max_size: usize) -> Framing {
         let name = name.trim();
         if name.eq_ignore_ascii_case("Content-Length") || name.eq_ignore_ascii_case("l") {
             match value.trim().parse() {
-                Ok(n) => content_length = n,
+                // Two different lengths (RFC 4475 mcl01): where this message
+                // ends, and so where the next begins, is unknowable.
+                Ok(n) if declared.is_some_and(|d| d != n) => return Framing::Invalid(ParseError::ContentLength),
+                Ok(n) => declared = Some(n),
                 Err(_) => return Framing::Invalid(ParseError::ContentLength),
             }
         }
     }
+    let content_length = declared.unwrap_or(0);
     let total = body_start + content_length;
     if total > max_size {
         return Framing::Invalid(ParseError::TooLarge(total));
@@ -407,6 +411,14 @@ pub fn frame(buf: &[u8], max_size: usize) -> Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_with_two_different_content_lengths_cannot_be_framed() {
+        let two = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 13\r\nl: 5\r\n\r\nThere's no way";
+        assert!(matches!(frame(two, 65_535), Framing::Invalid(ParseError::ContentLength)));
+        let same = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 2\r\nl: 2\r\n\r\nok";
+        assert!(matches!(frame(same, 65_535), Framing::Message(n) if n == same.len()));
+    }
 
     const INVITE: &str = "INVITE sip:srs@10.0.0.2 SIP/2.0\r\n\
         Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776\r\n\

@@ -374,7 +374,9 @@ fn oversized_query_inputs_get_400() {
 
 /// RFC 4475 messages the issue found answered wrongly on a real node: a
 /// negative or 2^64 Content-Length over TCP gets 400 (not 513) before the
-/// unframeable connection closes; a CSeq past 2^32 gets 400; a Request-URI with LWS or in angle
+/// unframeable connection closes, as do two different Content-Lengths
+/// (mcl01, found by SIPp: the rest of the body was read as the next
+/// message); a CSeq past 2^32 gets 400; a Request-URI with LWS or in angle
 /// brackets gets 400 over TCP too (UDP is covered by the core's fixtures).
 #[test]
 fn rfc4475_malformed_lengths_and_request_lines_get_400_over_tcp() {
@@ -384,6 +386,7 @@ fn rfc4475_malformed_lengths_and_request_lines_get_400_over_tcp() {
     };
     for name in [
         "rfc4475/ncl.sip",
+        "rfc4475/mcl01.sip",
         "rfc4475/scalar02.sip",
         "liberal/content_length_2_to_the_64.sip",
         "rfc4475/lwsruri.sip",
