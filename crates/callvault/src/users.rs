@@ -8,7 +8,7 @@ use std::io::BufRead;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use model::access::{audit_verify, AuditAction, AuditEvent, Role, Scope, TokenRecord, UserRecord};
+use model::access::{AuditAction, AuditEvent, Role, Scope, UserRecord};
 use model::NodeId;
 use store::{AuditQuery, DataDir, Stores};
 
@@ -129,20 +129,11 @@ impl Local {
     }
 
     fn issue_token(&self, name: &str, label: &str, days: Option<u32>) -> anyhow::Result<String> {
-        let id = web::secrets::random_id();
-        let secret = web::secrets::random_secret();
         let now = now_ms();
-        let rec = TokenRecord {
-            user: name.to_owned(),
-            sha256: web::secrets::sha256_hex(secret.as_bytes()),
-            label: label.to_owned(),
-            created_ms: now,
-            expires_ms: days.map(|d| now + d as i64 * 86_400_000),
-            revoked: false,
-        };
-        self.put(&format!("token.{id}"), serde_json::to_value(&rec)?)?;
-        self.audit(AuditAction::TokenChange, name, &format!("token {id} issued"))?;
-        Ok(format!("cvt_{id}_{secret}"))
+        let t = web::directory::NewToken::make(name, label, now, days.map(|d| now + d as i64 * 86_400_000));
+        self.put(&format!("token.{}", t.id), serde_json::to_value(&t.record)?)?;
+        self.audit(AuditAction::TokenChange, name, &format!("token {} issued", t.id))?;
+        Ok(t.bearer)
     }
 }
 
@@ -218,27 +209,16 @@ pub fn users(cfg: Config, action: UsersAction) -> anyhow::Result<()> {
 pub fn audit(cfg: Config, action: AuditCommand) -> anyhow::Result<()> {
     let l = open(&cfg)?;
     match action {
-        AuditCommand::Verify => {
-            let mut last: Option<(i64, String)> = None;
-            loop {
-                let after = last.as_ref().map_or(0, |x| x.0);
-                let batch = l.rt.block_on(l.stores.access.audit_range(after, 5000))?;
-                if batch.is_empty() {
-                    break;
-                }
-                match audit_verify(last.clone(), &batch) {
-                    Ok(x) => last = x,
-                    Err(b) => {
-                        eprintln!("audit trail BROKEN at entry {}: {}", b.seq, b.why);
-                        std::process::exit(1);
-                    }
-                }
+        AuditCommand::Verify => match l.rt.block_on(store::verify_audit_chain(l.stores.access.as_ref(), None))? {
+            store::ChainCheck::Intact { entries: 0, .. } => println!("audit trail intact: empty"),
+            store::ChainCheck::Intact { entries, head } => {
+                println!("audit trail intact: {entries} entries, head {}", head.unwrap_or_default())
             }
-            match last {
-                Some((n, head)) => println!("audit trail intact: {n} entries, head {head}"),
-                None => println!("audit trail intact: empty"),
+            store::ChainCheck::Broken { at, .. } => {
+                eprintln!("audit trail BROKEN at entry {}: {}", at.seq, at.why);
+                std::process::exit(1);
             }
-        }
+        },
         AuditCommand::List { limit, actor } => {
             let q = AuditQuery { actor, limit, ..Default::default() };
             for e in l.rt.block_on(l.stores.access.audit_list(&q))? {

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use model::access::{audit_next, AuditAction, AuditEvent, AuditRecord};
+use model::access::{audit_next, audit_verify, AuditAction, AuditEvent, AuditRecord, ChainBreak};
 use sqlx::Row;
 
 use crate::db::SqliteIndex;
@@ -38,6 +38,37 @@ pub struct AuditQuery {
     /// Keyset cursor: entries with a smaller sequence number.
     pub before_seq: Option<i64>,
     pub limit: u32,
+}
+
+/// What walking an audit trail from its first entry found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainCheck {
+    /// Every entry continues the chain; `head` is the last entry's hash.
+    Intact { entries: i64, head: Option<String> },
+    /// The chain breaks at `at`, after `checked` good entries.
+    Broken { checked: i64, at: ChainBreak },
+}
+
+/// Walks a trail in batches and checks its hash chain: this node's own
+/// (`node` = `None`) or the copy held of another node's. One walk for the
+/// API and the `audit verify` command.
+pub async fn verify_audit_chain(store: &dyn AccessStore, node: Option<&str>) -> Result<ChainCheck, IndexError> {
+    let mut last: Option<(i64, String)> = None;
+    loop {
+        let after = last.as_ref().map_or(0, |l| l.0);
+        let batch = match node {
+            None => store.audit_range(after, 5000).await?,
+            Some(n) => store.audit_replica_range(n, after, 5000).await?,
+        };
+        if batch.is_empty() {
+            break;
+        }
+        match audit_verify(last.clone(), &batch) {
+            Ok(l) => last = l,
+            Err(at) => return Ok(ChainCheck::Broken { checked: after, at }),
+        }
+    }
+    Ok(ChainCheck::Intact { entries: last.as_ref().map_or(0, |l| l.0), head: last.map(|l| l.1) })
 }
 
 #[async_trait]

@@ -23,7 +23,7 @@ mod db_cluster;
 pub mod index;
 pub mod layout;
 
-pub use access::{AccessStore, AuditQuery, SessionRow};
+pub use access::{verify_audit_chain, AccessStore, AuditQuery, ChainCheck, SessionRow};
 pub use archive::{Archive, ArchiveError};
 pub use blob::{sha256_file, BlobError, BlobKey, BlobPut, BlobStore, LocalBlobs};
 pub use db::SqliteIndex;

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
-use model::access::{audit_verify, AuditAction, Role, Scope, UserRecord};
+use model::access::{AuditAction, Role, Scope, UserRecord};
 use serde::Deserialize;
 use serde_json::json;
 use store::{AuditQuery, SessionRow};
@@ -352,23 +352,12 @@ async fn audit_list(
 
 /// Walks the whole chain of this node's trail, or of `node`'s copy here.
 pub async fn verify_chain(web: &Web, node: Option<&str>) -> Result<serde_json::Value, Problem> {
-    let mut last: Option<(i64, String)> = None;
-    loop {
-        let after = last.as_ref().map_or(0, |l| l.0);
-        let batch = match node {
-            None => web.access.audit_range(after, 5000).await,
-            Some(n) => web.access.audit_replica_range(n, after, 5000).await,
-        }
-        .map_err(|e| Problem::internal("audit trail", e))?;
-        if batch.is_empty() {
-            break;
-        }
-        match audit_verify(last.clone(), &batch) {
-            Ok(l) => last = l,
-            Err(b) => return Ok(json!({ "intact": false, "entries_checked": after, "break": b })),
+    match store::verify_audit_chain(web.access.as_ref(), node).await.map_err(|e| Problem::internal("audit trail", e))? {
+        store::ChainCheck::Intact { entries, head } => Ok(json!({ "intact": true, "entries": entries, "head": head })),
+        store::ChainCheck::Broken { checked, at } => {
+            Ok(json!({ "intact": false, "entries_checked": checked, "break": at }))
         }
     }
-    Ok(json!({ "intact": true, "entries": last.as_ref().map_or(0, |l| l.0), "head": last.map(|l| l.1) }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,9 +84,27 @@ impl Directory {
         now_ms: i64,
         expires_ms: Option<i64>,
     ) -> Result<(String, String), String> {
+        let t = NewToken::make(user, label, now_ms, expires_ms);
+        self.put_token(&t.id, &t.record).await?;
+        Ok((t.id, t.bearer))
+    }
+}
+
+/// A freshly made API token: its id, what is stored (the secret's
+/// SHA-256, never the secret) and the bearer string shown once.
+#[derive(Debug)]
+pub struct NewToken {
+    pub id: String,
+    pub record: TokenRecord,
+    /// `cvt_<id>_<secret>`.
+    pub bearer: String,
+}
+
+impl NewToken {
+    pub fn make(user: &str, label: &str, now_ms: i64, expires_ms: Option<i64>) -> NewToken {
         let id = crate::secrets::random_id();
         let secret = crate::secrets::random_secret();
-        let rec = TokenRecord {
+        let record = TokenRecord {
             user: user.to_owned(),
             sha256: crate::secrets::sha256_hex(secret.as_bytes()),
             label: label.to_owned(),
@@ -94,8 +112,8 @@ impl Directory {
             expires_ms,
             revoked: false,
         };
-        self.put_token(&id, &rec).await?;
-        Ok((id.clone(), format!("cvt_{id}_{secret}")))
+        let bearer = format!("cvt_{id}_{secret}");
+        NewToken { id, record, bearer }
     }
 }
 

@@ -10,7 +10,7 @@ use axum::{Extension, Json, Router};
 use model::{RecordingMeta, RecordingState};
 use serde::Deserialize;
 use serde_json::json;
-use store::ListQuery;
+use store::{ClusterIndex, ListQuery};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -153,12 +153,18 @@ pub async fn search(web: &Web, p: &Principal, params: &SearchParams) -> Result<P
 /// A recording as the API shows it: its metadata, where its audio is and
 /// the copies of the same call on other nodes.
 pub async fn describe(web: &Web, meta: &RecordingMeta) -> serde_json::Value {
+    describe_on(web.index.as_ref(), &web.node_id, meta).await
+}
+
+/// [`describe`] for a node `me` whose index is `index` (the node's own
+/// detail route uses it too).
+pub async fn describe_on(index: &dyn ClusterIndex, me: &str, meta: &RecordingMeta) -> serde_json::Value {
     let mut v = serde_json::to_value(meta).expect("metadata serializes");
-    let here = web.index.audio_here(meta.id).await.ok().flatten();
+    let here = index.audio_here(meta.id).await.ok().flatten();
     v["audio_here"] = json!(here.unwrap_or(true));
-    v["audio_at"] = json!(if here == Some(false) { meta.node_id.0.clone() } else { web.node_id.clone() });
+    v["audio_at"] = json!(if here == Some(false) { meta.node_id.0.clone() } else { me.to_owned() });
     if let Some(key) = &meta.call_key {
-        if let Ok(copies) = web.index.same_call(key).await {
+        if let Ok(copies) = index.same_call(key).await {
             v["copies"] = json!(copies
                 .iter()
                 .map(|m| json!({"id": m.id, "node": m.node_id, "state": m.state, "duration_ms": m.duration_ms}))

@@ -414,24 +414,13 @@ async fn proxy_audio(c: &Arc<Cluster>, meta: &RecordingMeta, headers: &HeaderMap
     ))
 }
 
-/// Adds where the audio is to a recording's JSON (cluster members only).
+/// Adds where the audio is to a recording's JSON (cluster members only),
+/// as search results describe it.
 async fn with_location(s: &AppState, meta: RecordingMeta) -> serde_json::Value {
-    let mut v = serde_json::to_value(&meta).expect("metadata serializes");
-    if let Some(c) = &s.cluster {
-        let here = c.index.audio_here(meta.id).await.ok().flatten();
-        v["audio_here"] = json!(here.unwrap_or(true));
-        let at = if here == Some(false) { meta.node_id.0.clone() } else { c.me.0.clone() };
-        v["audio_at"] = json!(at);
-        if let Some(key) = &meta.call_key {
-            if let Ok(copies) = c.index.same_call(key).await {
-                v["copies"] = json!(copies
-                    .iter()
-                    .map(|m| json!({"id": m.id, "node": m.node_id, "state": m.state, "duration_ms": m.duration_ms}))
-                    .collect::<Vec<_>>());
-            }
-        }
+    match &s.cluster {
+        Some(c) => web::recordings::describe_on(c.index.as_ref(), &c.me.0, &meta).await,
+        None => serde_json::to_value(&meta).expect("metadata serializes"),
     }
-    v
 }
 
 async fn complete(State(s): State<AppState>, Path(id): Path<String>) -> Response {
