@@ -141,49 +141,7 @@ impl Recorder {
         // The recording: a new one, or the one the other fork leg opened.
         let recording = match joins {
             Some(id) => id,
-            None => {
-                let id = RecordingId::new(now.wall);
-                let mut meta = RecordingMeta::start(
-                    id,
-                    self.cfg.node_id.clone(),
-                    kind,
-                    now.wall,
-                    format!("{}:{}", peer.transport.as_str().to_ascii_lowercase(), peer.addr),
-                    format!("{} INVITE accepted", kind_name(kind)),
-                );
-                meta.user_agent = req.headers.get("User-Agent").map(str::to_owned);
-                self.recordings.insert(
-                    id,
-                    Rec {
-                        meta,
-                        legs: Vec::new(),
-                        channels,
-                        fork_link: fork.as_ref().map(|f| f.link.clone()),
-                        siprec: None,
-                        labels: Vec::new(),
-                        save_seq: 0,
-                        answered: false,
-                        streams_without_rtp: 0,
-                    },
-                );
-                if let Some(f) = &fork {
-                    self.fork_links.insert(f.link.clone(), id);
-                }
-                // One rate per recording: wideband when any accepted codec
-                // is (a later narrowband leg or codec is resampled up).
-                let wideband = accepted
-                    .iter()
-                    .flat_map(|s| &s.codecs)
-                    .any(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).is_some_and(Codec::is_wideband));
-                let sample_rate = if wideband { self.cfg.max_sample_rate.clamp(8000, 16000) } else { 8000 };
-                self.out.push_back(Output::Media(MediaCommand::Start {
-                    recording: id,
-                    sample_rate,
-                    channels,
-                    started_at: now.wall,
-                }));
-                id
-            }
+            None => self.open_recording(now, &req, peer, kind, channels, fork.as_ref(), &accepted),
         };
 
         // Streams of this leg.
@@ -231,37 +189,7 @@ impl Recorder {
             }
         };
 
-        // Update the recording's metadata with this leg.
-        {
-            let rec = self.recordings.get_mut(&recording).expect("just created or joined");
-            rec.meta.call_ids.push(e.call_id.clone());
-            for ls in &leg_streams {
-                rec.labels.push((ls.spec.label.clone(), ls.spec.channel));
-                rec.meta.streams.push(StreamRecord {
-                    label: ls.spec.label.clone(),
-                    channel: ls.spec.channel,
-                    codecs: ls.spec.codec_names(),
-                    local_port: ls.port.rtp,
-                    remote: ls.spec.remote.map(|a| a.to_string()),
-                    sender: None,
-                    srtp: ls.spec.srtp.as_ref().map(|k| k.suite.sdes_name().to_owned()),
-                    stats: Default::default(),
-                });
-            }
-            let parties = match (&md, &fork) {
-                (Some(md), _) => {
-                    rec.siprec = Some(md.clone());
-                    participants::from_metadata(md, &rec.labels)
-                }
-                (None, Some(f)) => participants::from_fork(f, &e.from),
-                (None, None) => participants::from_headers(&e.from, &e.to, rec.channels),
-            };
-            apply_parties(&mut rec.meta, parties);
-            rec.meta.siprec = rec.siprec.clone();
-            if rec.meta.call_key.is_none() {
-                rec.meta.call_key = Some(call_key(rec.siprec.as_ref(), fork.as_ref(), &req, &e.call_id, peer));
-            }
-        }
+        self.note_leg(recording, &leg_streams, md.as_ref(), fork.as_ref(), &e, &req, peer);
         let save_seq = self.save(recording, joins.is_none());
         for ls in &leg_streams {
             self.out.push_back(Output::Media(MediaCommand::AddStream(ls.spec.clone())));
@@ -298,7 +226,85 @@ impl Recorder {
         self.legs_by_call.entry(e.call_id.clone()).or_default().push(local_tag.clone());
         self.recordings.get_mut(&recording).expect("exists").legs.push(key.clone());
 
-        let mut resp = self.response(&req, StatusCode::OK, "OK", Some(&local_tag));
+        let resp = self.ok_with_sdp(&req, &local_tag, local_ip, peer, siprec, interval, body);
+        let deadline = now.mono + self.cfg.save_timeout;
+        self.legs.get_mut(&key).expect("inserted").pending_answer =
+            Some(PendingAnswer { invite: req, ok: resp, save_seq, deadline, received: now.mono });
+    }
+
+    /// Asks the driver to store the recording's current metadata.
+    /// A new recording for a call's first leg: its metadata, the fork link
+    /// a second leg will join by, and the media engine told to start it
+    /// at one rate (16 kHz when an accepted codec is wideband; a later
+    /// narrowband leg or codec is resampled up).
+    #[allow(clippy::too_many_arguments)]
+    fn open_recording(
+        &mut self,
+        now: Now,
+        req: &Request,
+        peer: Peer,
+        kind: SourceKind,
+        channels: u16,
+        fork: Option<&ForkedLeg>,
+        accepted: &[&NegotiatedStream],
+    ) -> RecordingId {
+        let id = RecordingId::new(now.wall);
+        let mut meta = RecordingMeta::start(
+            id,
+            self.cfg.node_id.clone(),
+            kind,
+            now.wall,
+            format!("{}:{}", peer.transport.as_str().to_ascii_lowercase(), peer.addr),
+            format!("{} INVITE accepted", kind_name(kind)),
+        );
+        meta.user_agent = req.headers.get("User-Agent").map(str::to_owned);
+        self.recordings.insert(
+            id,
+            Rec {
+                meta,
+                legs: Vec::new(),
+                channels,
+                fork_link: fork.map(|f| f.link.clone()),
+                siprec: None,
+                labels: Vec::new(),
+                save_seq: 0,
+                answered: false,
+                streams_without_rtp: 0,
+            },
+        );
+        if let Some(f) = fork {
+            self.fork_links.insert(f.link.clone(), id);
+        }
+        // One rate per recording: wideband when any accepted codec
+        // is (a later narrowband leg or codec is resampled up).
+        let wideband = accepted
+            .iter()
+            .flat_map(|s| &s.codecs)
+            .any(|m| Codec::from_rtpmap(&m.encoding, m.clock_rate, m.channels).is_some_and(Codec::is_wideband));
+        let sample_rate = if wideband { self.cfg.max_sample_rate.clamp(8000, 16000) } else { 8000 };
+        self.out.push_back(Output::Media(MediaCommand::Start {
+            recording: id,
+            sample_rate,
+            channels,
+            started_at: now.wall,
+        }));
+        id
+    }
+
+    /// The 200 OK of a new leg, with our SDP (held until the recording's
+    /// metadata is stored).
+    #[allow(clippy::too_many_arguments)]
+    fn ok_with_sdp(
+        &self,
+        req: &Request,
+        local_tag: &str,
+        local_ip: IpAddr,
+        peer: Peer,
+        siprec: bool,
+        interval: Option<u32>,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut resp = self.response(req, StatusCode::OK, "OK", Some(local_tag));
         resp.headers.push("Contact", self.contact(local_ip, peer.transport, siprec));
         resp.headers.push("Allow", ALLOW);
         resp.headers.push("Supported", SUPPORTED);
@@ -308,12 +314,53 @@ impl Recorder {
         }
         resp.headers.push("Content-Type", "application/sdp");
         resp.body = body;
-        let deadline = now.mono + self.cfg.save_timeout;
-        self.legs.get_mut(&key).expect("inserted").pending_answer =
-            Some(PendingAnswer { invite: req, ok: resp, save_seq, deadline, received: now.mono });
+        resp
     }
 
-    /// Asks the driver to store the recording's current metadata.
+    /// Writes what this leg adds to its recording's metadata: its Call-ID,
+    /// its streams, the parties (from SIPREC metadata, the fork parameters
+    /// or the headers) and the call key.
+    #[allow(clippy::too_many_arguments)]
+    fn note_leg(
+        &mut self,
+        recording: RecordingId,
+        leg_streams: &[LegStream],
+        md: Option<&Metadata>,
+        fork: Option<&ForkedLeg>,
+        e: &RequestEssentials,
+        req: &Request,
+        peer: Peer,
+    ) {
+        let rec = self.recordings.get_mut(&recording).expect("just created or joined");
+        rec.meta.call_ids.push(e.call_id.clone());
+        for ls in leg_streams {
+            rec.labels.push((ls.spec.label.clone(), ls.spec.channel));
+            rec.meta.streams.push(StreamRecord {
+                label: ls.spec.label.clone(),
+                channel: ls.spec.channel,
+                codecs: ls.spec.codec_names(),
+                local_port: ls.port.rtp,
+                remote: ls.spec.remote.map(|a| a.to_string()),
+                sender: None,
+                srtp: ls.spec.srtp.as_ref().map(|k| k.suite.sdes_name().to_owned()),
+                stats: Default::default(),
+            });
+        }
+        let parties = match (md, fork) {
+            (Some(md), _) => {
+                rec.siprec = Some(md.clone());
+                participants::from_metadata(md, &rec.labels)
+            }
+            (None, Some(f)) => participants::from_fork(f, &e.from),
+            (None, None) => participants::from_headers(&e.from, &e.to, rec.channels),
+        };
+        apply_parties(&mut rec.meta, parties);
+        rec.meta.siprec = rec.siprec.clone();
+        if rec.meta.call_key.is_none() {
+            rec.meta.call_key = Some(call_key(rec.siprec.as_ref(), fork, req, &e.call_id, peer));
+        }
+    }
+
     pub(super) fn save(&mut self, id: RecordingId, started: bool) -> u64 {
         let rec = self.recordings.get_mut(&id).expect("active recording");
         rec.save_seq += 1;
