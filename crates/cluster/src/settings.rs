@@ -102,13 +102,20 @@ pub fn merge(into: &mut BTreeMap<String, Setting>, changes: impl IntoIterator<It
 
 /// A short digest of a set of settings (their keys and stamps).
 pub fn digest<'a>(settings: impl IntoIterator<Item = &'a Setting>) -> String {
+    let stamps: Vec<(String, String)> = settings.into_iter().map(|s| (s.key.clone(), s.stamp.to_string())).collect();
+    digest_of(stamps.iter().map(|(k, st)| (k.as_str(), st.as_str())))
+}
+
+/// [`digest`] from keys and stamps as stored (text), without parsing the
+/// values: what a heartbeat computes every round.
+pub fn digest_of<'a>(keys_and_stamps: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut h = Sha256::new();
-    let mut items: Vec<&Setting> = settings.into_iter().collect();
-    items.sort_by(|a, b| a.key.cmp(&b.key));
-    for s in items {
-        h.update(s.key.as_bytes());
+    let mut items: Vec<(&str, &str)> = keys_and_stamps.into_iter().collect();
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, stamp) in items {
+        h.update(key.as_bytes());
         h.update([0]);
-        h.update(s.stamp.to_string().as_bytes());
+        h.update(stamp.as_bytes());
         h.update([0]);
     }
     let d = h.finalize();
@@ -126,6 +133,15 @@ mod tests {
     }
 
     /// Concurrent changes arriving in every order, repeated, converge.
+    #[test]
+    fn the_digest_of_stored_text_equals_the_digest_of_parsed_settings() {
+        let a = set("retention.days", json!(30), 5, "n1");
+        let b = set("user.alice", json!({"role": "admin"}), 7, "n2");
+        let stored = [(b.key.clone(), b.stamp.to_string()), (a.key.clone(), a.stamp.to_string())];
+        assert_eq!(digest([&a, &b]), digest_of(stored.iter().map(|(k, s)| (k.as_str(), s.as_str()))));
+        assert_ne!(digest([&a]), digest([&a, &b]));
+    }
+
     #[test]
     fn last_writer_wins_in_any_order() {
         let changes = vec![

@@ -42,12 +42,17 @@ pub async fn all_settings(c: &Cluster) -> Vec<Setting> {
     c.index.settings().await.map(|l| l.iter().filter_map(to_setting).collect()).unwrap_or_default()
 }
 
+/// Recomputes the digest heartbeats compare, from the stored keys and
+/// stamps (values are not parsed: this runs every heartbeat round, and
+/// users and tokens live among the settings).
 pub async fn refresh_digest(c: &Cluster) {
-    let all = all_settings(c).await;
-    if let Some(max) = all.iter().map(|s| &s.stamp).max() {
-        c.clock.lock().expect("clock lock").resume_after(max);
+    let Ok(stored) = c.index.settings().await else { return };
+    let newest = stored.iter().filter_map(|s| s.stamp.parse::<cluster::Hlc>().ok()).max();
+    if let Some(max) = newest {
+        c.clock.lock().expect("clock lock").resume_after(&max);
     }
-    *c.settings_digest.lock().expect("digest lock") = cluster::settings::digest(all.iter());
+    *c.settings_digest.lock().expect("digest lock") =
+        cluster::settings::digest_of(stored.iter().map(|s| (s.key.as_str(), s.stamp.as_str())));
 }
 
 pub fn to_setting(s: &StoredSetting) -> Option<Setting> {
