@@ -19,7 +19,7 @@ pub enum UsersAction {
     /// Create a user (or change an existing one's role and scope).
     Add {
         name: String,
-        /// admin, auditor, supervisor or agent.
+        /// admin, auditor, supervisor, agent or monitor (metrics only).
         #[arg(long)]
         role: RoleArg,
         /// Number patterns the user's recordings must match, e.g. 1001,44*
@@ -66,7 +66,9 @@ pub enum AuditCommand {
 impl std::str::FromStr for RoleArg {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Role::parse(s).map(RoleArg).ok_or_else(|| format!("{s:?} is not a role (admin, auditor, supervisor, agent)"))
+        Role::parse(s)
+            .map(RoleArg)
+            .ok_or_else(|| format!("{s:?} is not a role (admin, auditor, supervisor, agent, monitor)"))
     }
 }
 

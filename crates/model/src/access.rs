@@ -23,10 +23,12 @@ pub enum Role {
     Supervisor,
     /// Their own calls only (scope = their extensions).
     Agent,
+    /// Prometheus metrics only (a scraper's token): least privilege.
+    Monitor,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Auditor, Role::Supervisor, Role::Agent];
+    pub const ALL: [Role; 5] = [Role::Admin, Role::Auditor, Role::Supervisor, Role::Agent, Role::Monitor];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -34,6 +36,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Supervisor => "supervisor",
             Role::Agent => "agent",
+            Role::Monitor => "monitor",
         }
     }
 
@@ -49,7 +52,8 @@ impl Role {
             Recordings => matches!(self, Role::Admin | Role::Supervisor | Role::Agent),
             LiveCalls | ClusterView => matches!(self, Role::Admin | Role::Supervisor),
             Audit => matches!(self, Role::Admin | Role::Auditor),
-            Metrics | Administer => self == Role::Admin,
+            Metrics => matches!(self, Role::Admin | Role::Monitor),
+            Administer => self == Role::Admin,
         }
     }
 
