@@ -9,7 +9,7 @@ use model::{RecordingId, RecordingMeta};
 use sqlx::Row;
 
 use crate::db::{decode, toggle_bucket, SqliteIndex};
-use crate::index::{ClusterIndex, IndexError, OutboxItem, OutboxStats, StoredSetting, Tombstone};
+use crate::index::{CallCopy, ClusterIndex, IndexError, OutboxItem, OutboxStats, StoredSetting, Tombstone};
 
 fn parse_id(s: &str) -> Option<RecordingId> {
     s.parse().ok()
@@ -218,6 +218,27 @@ impl ClusterIndex for SqliteIndex {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(|r| decode(&r.get::<String, _>(0), r.get(1))).collect()
+    }
+
+    async fn call_copies(&self, call_key: &str) -> Result<Vec<CallCopy>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT id, node_id, state, duration_ms FROM recordings WHERE call_key = ?1 ORDER BY started_at, id",
+        )
+        .bind(call_key)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let state: String = r.get(2);
+                Ok(CallCopy {
+                    id: id.parse().map_err(|_| IndexError::Column(format!("recording id {id:?}")))?,
+                    node: model::NodeId(r.get(1)),
+                    state: state.parse().map_err(IndexError::Column)?,
+                    duration_ms: r.get::<i64, _>(3).max(0) as u64,
+                })
+            })
+            .collect()
     }
 
     async fn upsert_and_enqueue(

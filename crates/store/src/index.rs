@@ -23,6 +23,8 @@ pub enum IndexError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored metadata of {id} is unreadable: {source}")]
     Corrupt { id: String, source: serde_json::Error },
+    #[error("a stored column is unreadable: {0}")]
+    Column(String),
 }
 
 /// Filters for listing recordings (all optional).
@@ -116,6 +118,21 @@ pub struct Tombstone {
 }
 
 /// A cluster setting as stored (the value is JSON, the stamp sorts as text).
+/// One recording of a call, on the node that made it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallCopy {
+    pub id: RecordingId,
+    pub node: model::NodeId,
+    pub state: RecordingState,
+    pub duration_ms: u64,
+}
+
+impl CallCopy {
+    pub fn of(m: &RecordingMeta) -> CallCopy {
+        CallCopy { id: m.id, node: m.node_id.clone(), state: m.state, duration_ms: m.duration_ms }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSetting {
     pub key: String,
@@ -161,6 +178,11 @@ pub trait ClusterIndex: RecordingIndex {
     async fn audio_held(&self, after: Option<RecordingId>, limit: u32) -> Result<Vec<RecordingMeta>, IndexError>;
     /// Recordings of the same call (same call key).
     async fn same_call(&self, call_key: &str) -> Result<Vec<RecordingMeta>, IndexError>;
+    /// The copies of a call (what [`Self::same_call`] finds, without their
+    /// whole metadata): every search result lists them.
+    async fn call_copies(&self, call_key: &str) -> Result<Vec<CallCopy>, IndexError> {
+        Ok(self.same_call(call_key).await?.iter().map(CallCopy::of).collect())
+    }
 
     /// Indexes this node's finished recordings and queues them for every
     /// target on every lane, in one transaction: a recording indexed is a

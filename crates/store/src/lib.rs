@@ -28,7 +28,7 @@ pub use archive::{Archive, ArchiveError};
 pub use blob::{sha256_file, BlobError, BlobKey, BlobPut, BlobStore, LocalBlobs};
 pub use db::SqliteIndex;
 pub use index::{
-    ClusterIndex, IndexError, ListQuery, OutboxItem, OutboxStats, RecordingIndex, StoredSetting, Tombstone,
+    CallCopy, ClusterIndex, IndexError, ListQuery, OutboxItem, OutboxStats, RecordingIndex, StoredSetting, Tombstone,
 };
 pub use layout::{durable_write, DataDir};
 

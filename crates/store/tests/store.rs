@@ -148,3 +148,38 @@ fn local_blob_store_passes_the_conformance_suite() {
     fs::remove_dir_all(root).unwrap();
     fs::remove_dir_all(scratch).unwrap();
 }
+
+/// The copies of a call read from columns are what the whole metadata
+/// says (search lists them for every result).
+#[tokio::test]
+async fn call_copies_match_the_recordings_of_the_same_call() {
+    use store::{CallCopy, ClusterIndex};
+    let root = tempdir("copies");
+    let dir = DataDir::open(&root).unwrap();
+    let db = SqliteIndex::open(&dir.db_path()).await.unwrap();
+    let now = OffsetDateTime::now_utc();
+    let mut a = meta(now, "+15550100");
+    a.call_key = Some("sess-1".into());
+    a.state = RecordingState::Completed;
+    a.duration_ms = 61_000;
+    let mut b = meta(now + time::Duration::milliseconds(5), "+15550100");
+    b.call_key = Some("sess-1".into());
+    b.node_id = NodeId("n2".into());
+    b.state = RecordingState::Interrupted;
+    b.duration_ms = 12_000;
+    let other = meta(now, "+15550101");
+    for m in [&a, &b, &other] {
+        db.upsert(m).await.unwrap();
+    }
+    let copies = db.call_copies("sess-1").await.unwrap();
+    let expected: Vec<CallCopy> = db.same_call("sess-1").await.unwrap().iter().map(CallCopy::of).collect();
+    assert_eq!(copies, expected);
+    assert_eq!(copies.len(), 2);
+    assert_eq!(
+        (copies[1].node.0.as_str(), copies[1].state, copies[1].duration_ms),
+        ("n2", RecordingState::Interrupted, 12_000)
+    );
+    assert!(db.call_copies("nobody").await.unwrap().is_empty());
+    db.close().await;
+    fs::remove_dir_all(root).unwrap();
+}

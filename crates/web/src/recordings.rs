@@ -164,11 +164,8 @@ pub async fn describe_on(index: &dyn ClusterIndex, me: &str, meta: &RecordingMet
     v["audio_here"] = json!(here.unwrap_or(true));
     v["audio_at"] = json!(if here == Some(false) { meta.node_id.0.clone() } else { me.to_owned() });
     if let Some(key) = &meta.call_key {
-        if let Ok(copies) = index.same_call(key).await {
-            v["copies"] = json!(copies
-                .iter()
-                .map(|m| json!({"id": m.id, "node": m.node_id, "state": m.state, "duration_ms": m.duration_ms}))
-                .collect::<Vec<_>>());
+        if let Ok(copies) = index.call_copies(key).await {
+            v["copies"] = json!(copies);
         }
     }
     v
