@@ -102,6 +102,11 @@ pub struct CallArgs {
     /// G.729: Annex B silence suppression (SID frames, then nothing).
     #[arg(long)]
     pub vad: bool,
+    /// With several `--codec`: just before each switch, re-INVITE offering
+    /// the next codec first (and the current one), as gateways that move a
+    /// call to another codec do. SIPREC and plain calls.
+    #[arg(long)]
+    pub reinvite_on_switch: bool,
     /// Tones only: encode one second of each tone once and loop it, so a
     /// load test measures the recorder, not this generator's encoder
     /// (Opus encoding costs more than decoding).
@@ -182,6 +187,8 @@ pub struct CallOutcome {
     pub ended_by_recorder: bool,
     pub packets_sent: u64,
     pub packets_dropped: u64,
+    /// Re-INVITEs (codec switches) the recorder answered 200.
+    pub reinvites_answered: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +219,8 @@ struct Shared {
     /// (another one with `--srtp-wrong-key`).
     srtp_offer: Option<rtp_core::srtp::SrtpKey>,
     srtp_send: Option<rtp_core::srtp::SrtpKey>,
+    /// `o=` session id of our SDP (re-INVITEs keep it).
+    sdp_session: u32,
 }
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
@@ -275,6 +284,7 @@ pub async fn place_calls(args: CallArgs) -> anyhow::Result<Summary> {
         _ => srtp_offer.clone(),
     };
     let shared = Arc::new(Shared {
+        sdp_session: fastrand::u32(..),
         srtp_offer,
         srtp_send,
         source_a: load(&args.wav_a, args.tone_a)?,
@@ -369,20 +379,29 @@ fn codec_lines(sh: &Shared, codecs: &[Codec]) -> String {
 
 /// Our SDP: `count` sendonly audio lines (labels 1.. when `labels`).
 fn offer_sdp(sh: &Shared, count: usize, labels: bool) -> Vec<u8> {
+    // A G.711-only caller offers both laws, as phones do; one that will
+    // re-INVITE to change codec offers only the first.
+    let mut codecs = sh.codecs.clone();
+    if sh.args.reinvite_on_switch {
+        codecs.truncate(1);
+    } else if codecs == [Codec::Pcmu] || codecs == [Codec::Pcma] {
+        codecs.push(if codecs[0] == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu });
+    }
+    offer_sdp_with(sh, count, labels, &codecs, 1)
+}
+
+/// [`offer_sdp`] with these codecs and SDP version (a re-INVITE's offer
+/// carries the next version of the same session).
+fn offer_sdp_with(sh: &Shared, count: usize, labels: bool, codecs: &[Codec], version: u32) -> Vec<u8> {
     let ip = sh.pacer.local_addr().ip();
     let port = sh.pacer.local_addr().port();
     let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    // A G.711-only caller offers both laws, as phones do.
-    let mut codecs = sh.codecs.clone();
-    if codecs == [Codec::Pcmu] || codecs == [Codec::Pcma] {
-        codecs.push(if codecs[0] == Codec::Pcmu { Codec::Pcma } else { Codec::Pcmu });
-    }
     let formats: Vec<String> = codecs.iter().map(|&c| codec_pt(c).to_string()).collect();
     let formats = formats.join(" ");
-    let lines = codec_lines(sh, &codecs);
+    let lines = codec_lines(sh, codecs);
     let mut s = format!(
-        "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
-        fastrand::u32(..)
+        "v=0\r\no=callvault-client {0} {version} IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
+        sh.sdp_session
     );
     let proto = if sh.srtp_offer.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
     for i in 0..count {
@@ -480,6 +499,9 @@ fn media_targets(body: &[u8], want: &[Codec]) -> anyhow::Result<Vec<Option<Targe
 
 /// The plan of one stream; DTMF and the delay step go on stream A only.
 fn plan(sh: &Shared, dest: SocketAddr, codecs: &[(Codec, u8)], source: Source, stream_a: bool) -> StreamPlan {
+    // Switching by re-INVITE: every codec, on the payload types we offer it with.
+    let ours: Vec<(Codec, u8)> = sh.codecs.iter().map(|&c| (c, codec_pt(c))).collect();
+    let codecs = if sh.args.reinvite_on_switch && sh.codecs.len() > 1 { &ours[..] } else { codecs };
     let share = Duration::from_secs_f64(sh.args.duration.max(0.0) / codecs.len().max(1) as f64);
     StreamPlan {
         dest,
@@ -553,7 +575,15 @@ async fn talk(
 ) -> anyhow::Result<()> {
     out.established = true;
     sh.pacer.play(key, plans);
-    let end = Instant::now() + Duration::from_secs_f64(sh.args.duration);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(sh.args.duration);
+    if sh.args.reinvite_on_switch && sh.codecs.len() > 1 && sh.args.mode != Mode::Forked {
+        if let [leg] = legs {
+            if reinvite_before_switches(sh, leg, start, end, out).await? == Wake::RemoteBye {
+                out.ended_by_recorder = true;
+            }
+        }
+    }
     // Every leg answers the recorder while the call runs (a BYE may come on either).
     let results = match legs {
         [a] => vec![a.wait(end).await],
@@ -581,6 +611,42 @@ async fn talk(
         }
     }
     Ok(())
+}
+
+/// Re-INVITEs a leg 150 ms before each codec switch of the plan, offering
+/// the next codec first and the current one second (the sender may go on
+/// with the old one until it switches). Answers the recorder meanwhile.
+async fn reinvite_before_switches(
+    sh: &Shared,
+    leg: &mut Leg,
+    start: Instant,
+    end: Instant,
+    out: &mut CallOutcome,
+) -> anyhow::Result<Wake> {
+    let n = sh.codecs.len();
+    let share = Duration::from_secs_f64(sh.args.duration.max(0.0) / n as f64);
+    let (count, labels) = match sh.args.mode {
+        Mode::Siprec => (2, true),
+        _ => (sh.args.streams.max(1), false),
+    };
+    for k in 1..n {
+        let at = (start + share * k as u32).checked_sub(Duration::from_millis(150)).unwrap_or(start).min(end);
+        if leg.wait(at).await? == Wake::RemoteBye {
+            return Ok(Wake::RemoteBye);
+        }
+        let codecs = [sh.codecs[k], sh.codecs[k - 1]];
+        let body = offer_sdp_with(sh, count, labels, &codecs, k as u32 + 1);
+        let req = leg.request(Method::Invite, &[], Some(("application/sdp", body)));
+        let cseq = leg.cseq();
+        let r = leg.transact(req, Duration::from_secs(4)).await?;
+        if r.status.is_success() {
+            leg.ack(cseq, None).await?;
+            out.reinvites_answered += 1;
+        } else {
+            tracing::warn!(status = r.status.as_u16(), "re-INVITE refused");
+        }
+    }
+    Ok(Wake::Deadline)
 }
 
 async fn siprec_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {

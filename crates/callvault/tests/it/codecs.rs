@@ -191,3 +191,40 @@ fn g729_with_silence_suppression_keeps_beeps_in_place() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The platform moves the call to another codec with a re-INVITE (Webex
+/// and Teams gateways go G.711 → Opus): the call was offered PCMU only,
+/// so Opus packets are decodable only through the re-INVITE's update of
+/// the streams. The recording goes on in the same 8 kHz file (Opus is
+/// decoded at the recording's rate) without a hole.
+#[test]
+fn a_reinvite_to_another_codec_keeps_the_recording_whole() {
+    let node = Node::start("codec-reinvite");
+    for mode in ["siprec", "plain"] {
+        let s = call(
+            node.sip_udp,
+            &[
+                "--mode",
+                mode,
+                "--duration",
+                "3",
+                "--codec",
+                "pcmu,opus",
+                "--reinvite-on-switch",
+                "--tone-a",
+                "440",
+                "--tone-b",
+                "1000",
+            ],
+        );
+        assert_eq!(s["calls"][0]["reinvites_answered"], 1, "{mode}: {s:#}");
+        let rec = node.finished(&call_id(&s));
+        assert_eq!(rec["audio"]["sample_rate"], 8000, "{mode}: the call began narrowband");
+        let names: Vec<String> = spans(&rec, 0).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(names, ["PCMU", "opus"], "{mode}");
+        assert_eq!(rec["streams"][0]["stats"]["unknown_payload"], 0, "{mode}: {rec:#}");
+        let wav = node.audio(&rec);
+        assert_eq!(holes(&wav, 0, 150, 2850), Vec::<u64>::new(), "{mode}: a hole across the re-INVITE");
+        wav.assert_tone(0, 440.0, 1000.0, 1600, 2800);
+    }
+}
