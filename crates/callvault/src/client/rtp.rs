@@ -201,14 +201,17 @@ fn run(sock: UdpSocket, rx: Receiver<Cmd>) {
             }
             let rate = live.encoder.codec().sample_rate() as usize;
             let clock_ms = live.encoder.codec().clock_rate() / 1000;
-            match live.tone.as_mut() {
-                Some(t) => t.fill(&mut live.pcm),
-                None => {
-                    if let Source::Samples(s) = &live.plan.source {
-                        // 8 kHz material held for wider codecs (a test signal).
-                        for p in live.pcm.iter_mut() {
-                            *p = if s.is_empty() { 0 } else { s[(live.pos * 8000 / rate) % s.len()] };
-                            live.pos += 1;
+            // A looped stream sends pre-encoded packets: no PCM to make.
+            if live.looped.is_none() {
+                match live.tone.as_mut() {
+                    Some(t) => t.fill(&mut live.pcm),
+                    None => {
+                        if let Source::Samples(s) = &live.plan.source {
+                            // 8 kHz material held for wider codecs (a test signal).
+                            for p in live.pcm.iter_mut() {
+                                *p = if s.is_empty() { 0 } else { s[(live.pos * 8000 / rate) % s.len()] };
+                                live.pos += 1;
+                            }
                         }
                     }
                 }
