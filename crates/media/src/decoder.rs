@@ -107,7 +107,7 @@ impl StreamDecoder {
         let step = rate as usize / 400;
         let lost = lost / step * step;
         let frame = opus_packet_samples(next, rate).unwrap_or(u64::MAX) as usize;
-        if lost == 0 || lost > MAX_PACKET_SAMPLES * rate as usize / 48000 || lost < frame {
+        if is_opus_dtx(next) || lost == 0 || lost > MAX_PACKET_SAMPLES * rate as usize / 48000 || lost < frame {
             return 0;
         }
         let d = self.opus.get_or_insert_with(|| Box::new(new_opus(rate)));
@@ -130,8 +130,15 @@ impl StreamDecoder {
             self.failures += 1;
             return 0;
         };
-        let d = self.opus.get_or_insert_with(|| Box::new(new_opus(rate)));
         self.float.resize(MAX_PACKET_SAMPLES, 0.0);
+        if is_opus_dtx(payload) {
+            // Nothing coded: silence for the packet's time (a decoder would
+            // conceal from the last speech, which is not what was said).
+            let n = (samples as usize).min(self.float.len());
+            self.float[..n].fill(0.0);
+            return self.finish_opus(rate, n, out);
+        }
+        let d = self.opus.get_or_insert_with(|| Box::new(new_opus(rate)));
         let n = match d.decode(payload, samples as usize, &mut self.float) {
             Ok(n) => n,
             Err(_) => {
@@ -199,6 +206,12 @@ impl StreamDecoder {
         };
         self.resamplers[i].1.resample_into(input, out).unwrap_or(0)
     }
+}
+
+/// An Opus DTX packet (RFC 7587 §3.1.3): a TOC byte with empty frames,
+/// one or two bytes, sent now and then while the talker is silent.
+fn is_opus_dtx(payload: &[u8]) -> bool {
+    payload.len() <= 2
 }
 
 fn new_opus(rate: u32) -> opus_rs::OpusDecoder {
@@ -291,6 +304,54 @@ mod tests {
         assert!(level > 8000.0 / 2f64.sqrt() / 6.0, "the rebuilt packet is not silence: {level:.0}");
         // A gap shorter than the next packet's frame is not recovered.
         assert_eq!(dec.recover_opus(&packets[12], 480, &mut out), 0);
+    }
+
+    /// Opus DTX: after speech and 200 ms of coded silence the sender
+    /// sends a TOC byte every 400 ms; each decodes to exact silence for
+    /// its frame's time (not the decoder's concealment of the last tone),
+    /// and speech after it decodes as before.
+    #[test]
+    fn opus_dtx_packets_are_silence_of_their_length() {
+        let mut enc = StreamEncoder::with_options(Codec::Opus, crate::EncoderOptions { fec: true, vad: true });
+        let mut dec = StreamDecoder::new(16000);
+        let mut out = vec![0; MAX_PACKET_SAMPLES];
+        let speech = tone(440.0, 48000, 960 * 25);
+        let mut payload = Vec::new();
+        for frame in speech.chunks(960) {
+            enc.encode(frame, &mut payload);
+            assert!(payload.len() > 2, "speech is coded in full");
+            dec.decode(Codec::Opus, &payload, &mut out);
+        }
+        // Straight after speech (a concealing decoder would go on with the tone).
+        assert_eq!(dec.decode(Codec::Opus, &[payload[0] & 0xfc], &mut out), 320);
+        assert!(out[..320].iter().all(|&v| v == 0), "a DTX packet after speech is silence");
+        let mut sent = Vec::new();
+        for i in 0..60 {
+            enc.encode(&[0; 960], &mut payload);
+            if !payload.is_empty() {
+                sent.push((i, payload.len()));
+            }
+            if payload.len() == 1 {
+                out.fill(1);
+                assert_eq!(dec.decode(Codec::Opus, &payload, &mut out), 320, "20 ms at 16 kHz");
+                assert!(out[..320].iter().all(|&v| v == 0), "a DTX packet is silence");
+                assert_eq!(dec.recover_opus(&payload, 960, &mut out), 0, "a DTX packet carries no FEC");
+            }
+        }
+        let dtx: Vec<usize> = sent.iter().filter(|(_, n)| *n == 1).map(|(i, _)| *i).collect();
+        assert_eq!(dtx, [10, 30, 50], "one TOC byte every 400 ms after 200 ms of hangover: {sent:?}");
+        assert!(sent.iter().take_while(|(i, _)| *i < 10).all(|(_, n)| *n > 2), "the hangover is coded: {sent:?}");
+        let mut back = Vec::new();
+        for frame in speech.chunks(960).take(10) {
+            enc.encode(frame, &mut payload);
+            assert!(payload.len() > 2, "speech after DTX goes out at once");
+            let n = dec.decode(Codec::Opus, &payload, &mut out);
+            back.extend_from_slice(&out[..n]);
+        }
+        assert_eq!(dec.failures, 0);
+        let steady = &back[1600..];
+        let r = tone_power(steady, 440.0, 16000) / tone_power(steady, 1000.0, 16000).max(1e-9);
+        assert!(r > 100.0, "the tone is back after DTX: {r:.1}");
     }
 
     #[cfg(feature = "g729")]

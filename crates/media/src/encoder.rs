@@ -11,6 +11,26 @@ pub struct StreamEncoder {
     opus: Option<Box<opus_rs::OpusEncoder>>,
     #[cfg(feature = "g729")]
     g729: Option<Box<g729_sys::Encoder>>,
+    /// Opus with `vad`: silent frames in a row (DTX after a hangover).
+    opus_dtx: Option<OpusDtx>,
+}
+
+/// Opus discontinuous transmission as libopus and WebRTC send it: after
+/// 200 ms of silence only a one-byte packet (the TOC, no frame data) every
+/// 400 ms, nothing between; speech goes out at once.
+#[derive(Debug, Default)]
+struct OpusDtx {
+    silent_frames: u32,
+    toc: u8,
+}
+
+impl OpusDtx {
+    /// Frames of silence still coded in full before DTX starts.
+    const HANGOVER: u32 = 10;
+    /// In DTX, one TOC-only packet per this many frames.
+    const EVERY: u32 = 20;
+    /// Peak below which a frame counts as silence (about -50 dBFS).
+    const SILENCE_PEAK: u16 = 100;
 }
 
 impl std::fmt::Debug for StreamEncoder {
@@ -24,7 +44,8 @@ impl std::fmt::Debug for StreamEncoder {
 pub struct EncoderOptions {
     /// Opus: code in-band FEC (LBRR) for the previous frame in each packet.
     pub fec: bool,
-    /// G.729: Annex B voice activity detection (SID frames, then nothing).
+    /// Silence suppression: G.729 Annex B (SID frames, then nothing), Opus
+    /// DTX (a one-byte packet every 400 ms). Other codecs send everything.
     pub vad: bool,
 }
 
@@ -43,9 +64,8 @@ impl StreamEncoder {
             e.packet_loss_perc = if options.fec { 10 } else { 0 };
             Box::new(e)
         });
-        #[cfg(not(feature = "g729"))]
-        let _ = options.vad;
         StreamEncoder {
+            opus_dtx: (codec == Codec::Opus && options.vad).then(OpusDtx::default),
             codec,
             g722: (codec == Codec::G722).then(G722Encoder::new),
             opus,
@@ -85,6 +105,9 @@ impl StreamEncoder {
                 out.resize(1276, 0);
                 let n = e.encode_i16(pcm, pcm.len(), out).unwrap_or(0);
                 out.truncate(n);
+                if let Some(dtx) = self.opus_dtx.as_mut() {
+                    dtx.apply(pcm, out);
+                }
             }
             Codec::G729 => self.encode_g729(pcm, out),
         }
@@ -104,4 +127,26 @@ impl StreamEncoder {
 
     #[cfg(not(feature = "g729"))]
     fn encode_g729(&mut self, _pcm: &[i16], _out: &mut Vec<u8>) {}
+}
+
+impl OpusDtx {
+    /// Replaces a coded packet by what DTX sends for it (maybe nothing).
+    /// The encoder still ran, so its state follows the audio.
+    fn apply(&mut self, pcm: &[i16], out: &mut Vec<u8>) {
+        if pcm.iter().any(|v| v.unsigned_abs() >= Self::SILENCE_PEAK) {
+            self.silent_frames = 0;
+            return;
+        }
+        if let Some(&toc) = out.first() {
+            self.toc = toc & 0xfc; // one frame (code 0) of the same mode and size
+        }
+        self.silent_frames += 1;
+        if self.silent_frames <= Self::HANGOVER {
+            return;
+        }
+        out.clear();
+        if (self.silent_frames - Self::HANGOVER - 1).is_multiple_of(Self::EVERY) {
+            out.push(self.toc);
+        }
+    }
 }

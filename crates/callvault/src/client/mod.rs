@@ -99,7 +99,8 @@ pub struct CallArgs {
     /// `--duration` (a mid-call codec change).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pcmu")]
     pub codec: Vec<CodecArg>,
-    /// G.729: Annex B silence suppression (SID frames, then nothing).
+    /// Silence suppression: G.729 Annex B (SID frames, then nothing) and
+    /// Opus DTX (after 200 ms of silence, a one-byte packet every 400 ms).
     #[arg(long)]
     pub vad: bool,
     /// With several `--codec`: just before each switch, re-INVITE offering

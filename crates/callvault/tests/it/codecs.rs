@@ -144,8 +144,22 @@ fn g729_with_silence_suppression_keeps_beeps_in_place() {
         eprintln!("G.729 is not in this build (feature g729): nothing to test");
         return;
     }
-    let node = Node::start("g729-vad");
-    let dir = crate::harness::temp_dir("g729-beeps");
+    silence_suppressed_beeps_stay_in_place("g729", 8000);
+}
+
+/// Opus with DTX (as WebRTC sends it): after 200 ms of silence one TOC
+/// byte every 400 ms and nothing between. Every beep stays where it was
+/// sent, and the gaps (DTX packets and the time between them) are silence.
+#[test]
+fn opus_dtx_gaps_are_silence_and_beeps_stay_in_place() {
+    silence_suppressed_beeps_stay_in_place("opus", 16000);
+}
+
+/// A calls with beeps at 1, 2 and 3 s (700 Hz), B 500 ms after each
+/// (1300 Hz), in `codec` with silence suppression (`--vad`).
+fn silence_suppressed_beeps_stay_in_place(codec: &str, rate: u64) {
+    let node = Node::start(&format!("{codec}-vad"));
+    let dir = crate::harness::temp_dir("vad-beeps");
     let (a, b) = (dir.join("a.wav"), dir.join("b.wav"));
     let beeps_a = [1000u64, 2000, 3000];
     let beeps_b = beeps_a.map(|t| t + 500);
@@ -153,32 +167,25 @@ fn g729_with_silence_suppression_keeps_beeps_in_place() {
     crate::calls::beeps(&b, 4.5, 1300.0, &beeps_b);
     let s = call(
         node.sip_udp,
-        &[
-            "--duration",
-            "4",
-            "--codec",
-            "g729",
-            "--vad",
-            "--wav-a",
-            a.to_str().unwrap(),
-            "--wav-b",
-            b.to_str().unwrap(),
-        ],
+        &["--duration", "4", "--codec", codec, "--vad", "--wav-a", a.to_str().unwrap(), "--wav-b", b.to_str().unwrap()],
     );
     let rec = node.finished(&call_id(&s));
-    assert_eq!(rec["audio"]["sample_rate"], 8000);
+    assert_eq!(rec["audio"]["sample_rate"], rate);
     let st = &rec["streams"][0]["stats"];
     // 4 s at 50 packets/s would be 200 packets: silence sent far fewer.
     assert!(st["packets"].as_u64().unwrap() < 120, "silence was suppressed: {st}");
     assert_eq!(st["lost"], 0, "suppressed silence is not loss: {st}");
-    assert_eq!(spans(&rec, 0)[0].0, "G729");
+    assert_eq!(st["decode_failures"], 0, "{st}");
+    assert!(spans(&rec, 0)[0].0.eq_ignore_ascii_case(codec), "{:?}", spans(&rec, 0));
     let wav = node.audio(&rec);
+    // First ms from `from_ms` where 40 ms of the channel pass a beep's level.
+    let onset = |ch: usize, from_ms: u64| -> i64 {
+        (from_ms..from_ms + 600)
+            .find(|&ms| media::signal::rms(wav.slice(ch, ms, ms + 40)) > 2000.0)
+            .unwrap_or_else(|| panic!("no beep on channel {ch} after {from_ms} ms")) as i64
+    };
     let onsets = |ch: usize, first: u64| -> Vec<i64> {
-        (0..3u64)
-            .map(|k| {
-                crate::calls::onset(&wav.channels[ch], first - 100 + 1000 * k).expect("a beep") as i64 - 1000 * k as i64
-            })
-            .collect()
+        (0..3u64).map(|k| onset(ch, first - 100 + 1000 * k) - 1000 * k as i64).collect()
     };
     let (oa, ob) = (onsets(0, 1000), onsets(1, 1500));
     let ctx = format!("A onsets - k s: {oa:?}; B: {ob:?}");
@@ -187,7 +194,11 @@ fn g729_with_silence_suppression_keeps_beeps_in_place() {
     }
     assert!((ob[0] - oa[0] - 500).abs() <= 10, "B must trail A by 500 ms: {ctx}");
     for k in 0..3u64 {
-        wav.assert_tone(0, 700.0, 1300.0, oa[0] as u64 + 1000 * k + 20, oa[0] as u64 + 1000 * k + 180);
+        let at = oa[0] as u64 + 1000 * k;
+        wav.assert_tone(0, 700.0, 1300.0, at + 20, at + 180);
+        // Between beeps: the sender's silence, suppressed, is silence here.
+        let quiet = media::signal::rms(wav.slice(0, at + 400, at + 900));
+        assert!(quiet < 100.0, "channel 0 between beeps at {at} ms: rms {quiet:.0}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
