@@ -22,6 +22,9 @@ pub enum EndCause {
     MetadataNotStored,
     /// Our 200 OK was never acknowledged.
     NoAck,
+    /// The answer to our own offer (in the ACK) was refused: plain RTP
+    /// where SRTP is required.
+    AnswerRefused,
     /// An administrator ended the call.
     Administrator,
     /// The node stopped.
@@ -38,6 +41,7 @@ impl EndCause {
             EndCause::StorageFailure => "storage_failure",
             EndCause::MetadataNotStored => "metadata_not_stored",
             EndCause::NoAck => "no_ack",
+            EndCause::AnswerRefused => "answer_refused",
             EndCause::Administrator => "administrator",
             EndCause::Shutdown => "shutdown",
         }

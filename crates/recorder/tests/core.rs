@@ -278,7 +278,10 @@ fn forked_legs_become_one_stereo_recording() {
     assert_eq!(a.codes(), vec![100, 200]);
     // Delayed offer: our 200 carries a recvonly offer.
     let offer = String::from_utf8(a.last().body.clone()).unwrap();
-    assert!(offer.contains("a=recvonly") && offer.contains("RTP/AVP 0 8 101"), "{offer}");
+    // Every codec this build decodes, G.711 first; plain RTP (SRTP not required).
+    let formats = if media::Codec::G729.is_built() { "RTP/AVP 0 8 9 111 18 101" } else { "RTP/AVP 0 8 9 111 101" };
+    assert!(offer.contains("a=recvonly") && offer.contains(formats), "{offer}");
+    assert!(offer.contains("a=rtpmap:111 opus/48000/2") && !offer.contains("a=crypto"), "{offer}");
     assert!(matches!(&a.media[0], MediaCommand::Start { channels: 2, .. }));
     assert_eq!(a.added_channels(), vec![0]);
     assert_eq!(a.started().unwrap().source, SourceKind::Forked);
@@ -314,6 +317,62 @@ fn forked_legs_become_one_stereo_recording() {
     let bye_b = h.request_from(far, "BYE", "leg-far", 102, Some(&tag_b), "", None, "");
     let out = h.send(&bye_b);
     assert_eq!(out.stop().unwrap().state, RecordingState::Completed);
+}
+
+/// A delayed-offer leg where SRTP is required (`media.srtp = "require"`):
+/// our offer is RTP/SAVP with a crypto line per suite; the ACK's answer
+/// picks one with the platform's key, which the stream then decrypts with
+/// (and the metadata names the suite, never the key). An answer in plain
+/// RTP ends the leg (BYE, recording failed) instead of recording in clear.
+#[test]
+fn delayed_offer_with_srtp_required_offers_sdes_and_refuses_a_plain_answer() {
+    let mut cfg = config();
+    cfg.srtp_required = true;
+    let mut h = Harness::with(cfg, 100);
+    let key = "inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    for (call, answer_proto, crypto) in [
+        ("srtp-ok", "RTP/SAVP", format!("a=crypto:3 AEAD_AES_128_GCM inline:{}AA==\n", "A".repeat(36))),
+        ("srtp-80", "RTP/SAVP", format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {key}\n")),
+        ("srtp-plain", "RTP/AVP", String::new()),
+    ] {
+        let invite = h.request("INVITE", call, 1, None, "", None, "");
+        let out = h.send(&invite);
+        assert_eq!(out.codes(), vec![100, 200], "{call}");
+        let offer = String::from_utf8(out.last().body.clone()).unwrap();
+        assert!(offer.contains("m=audio ") && offer.contains(" RTP/SAVP 0 8 "), "{offer}");
+        for suite in ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM", "AEAD_AES_256_GCM"] {
+            assert!(offer.contains(&format!(" {suite} inline:")), "{suite} offered: {offer}");
+        }
+        let tag = to_tag(out.last());
+        let answer = format!(
+            "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 {answer_proto} 9 101\n\
+             a=rtpmap:9 G722/8000\na=rtpmap:101 telephone-event/8000\n{crypto}a=sendonly\n"
+        );
+        let ack = h.request("ACK", call, 1, Some(&tag), "", Some("application/sdp"), &answer);
+        let out = h.send(&ack);
+        if answer_proto == "RTP/AVP" {
+            let stop = out.stop().expect("a plain answer ends the leg");
+            assert_eq!(stop.state, RecordingState::Failed);
+            assert!(stop.reason().unwrap().contains("SRTP required"), "{:?}", stop.reason());
+            assert!(out.requests.iter().any(|r| r.method == sip_proto::Method::Bye), "the leg is hung up");
+            continue;
+        }
+        let update = out.media.iter().find_map(|m| match m {
+            MediaCommand::UpdateStream(s) => Some(s),
+            _ => None,
+        });
+        let update = update.expect("answer applied");
+        let suite = update.srtp.as_ref().map(|k| k.suite.sdes_name());
+        assert_eq!(suite, Some(if call == "srtp-ok" { "AEAD_AES_128_GCM" } else { "AES_CM_128_HMAC_SHA1_80" }));
+        assert_eq!(update.codecs.iter().map(|(pt, c)| (*pt, c.name())).collect::<Vec<_>>(), vec![(9, "G722")]);
+        let bye = h.request("BYE", call, 2, Some(&tag), "", None, "");
+        let stop = h.send(&bye).stop().cloned().expect("recording ends");
+        assert_eq!(stop.state, RecordingState::Completed);
+        assert_eq!(stop.streams[0].srtp.as_deref(), suite, "the metadata names the suite");
+        assert_eq!(stop.streams[0].codecs, ["G722"]);
+        let json = format!("{stop:?}");
+        assert!(!json.contains("WVNfX19") && !json.contains("AAAAAAAA"), "no key in the metadata: {json}");
+    }
 }
 
 #[test]

@@ -541,29 +541,39 @@ pub fn build_answer(
 
 /// An offer from the recorder, for delayed-offer INVITEs (Cisco BiB) and
 /// re-INVITEs without SDP: one `recvonly` audio stream per `(port, label)`,
-/// offering the given codecs.
+/// offering the given codecs in that order (Opus with in-band FEC asked
+/// for). With `crypto` lines (`<tag> <suite> <key-params>`, RFC 4568) the
+/// streams are `RTP/SAVP` and the answer must pick one of them.
 pub fn build_offer(
     streams: &[(u16, Option<String>)],
     codecs: &[RtpMap],
     telephone_event_pt: Option<u8>,
+    crypto: &[String],
     local: &LocalSdp,
 ) -> Vec<u8> {
     let mut s = base_session(local);
+    let proto = if crypto.is_empty() { "RTP/AVP" } else { "RTP/SAVP" };
     for (port, label) in streams {
         let port = *port;
         let mut pts: Vec<String> = codecs.iter().map(|c| c.pt.to_string()).collect();
         if let Some(te) = telephone_event_pt {
             pts.push(te.to_string());
         }
-        let mut m = media_line("audio", port, "RTP/AVP", pts.join(" "));
+        let mut m = media_line("audio", port, proto, pts.join(" "));
         for c in codecs {
             m.attributes.push(Attribute::with_value("rtpmap", c.to_attr()));
+            if c.encoding.eq_ignore_ascii_case("opus") {
+                m.attributes.push(Attribute::with_value("fmtp", format!("{} useinbandfec=1", c.pt)));
+            }
         }
         if let Some(te) = telephone_event_pt {
             m.attributes.push(Attribute::with_value("rtpmap", format!("{te} telephone-event/8000")));
             m.attributes.push(Attribute::with_value("fmtp", format!("{te} 0-15")));
         }
         m.attributes.push(Attribute::with_value("ptime", "20"));
+        for line in crypto {
+            m.attributes.push(Attribute::with_value("crypto", line));
+        }
         if let Some(l) = label {
             m.attributes.push(Attribute::with_value("label", l));
         }
@@ -700,15 +710,21 @@ mod tests {
     #[test]
     fn delayed_offer_has_recvonly_stream() {
         let pcmu = static_rtpmap(0).unwrap();
-        let offer = build_offer(
-            &[(40000, Some("1".into()))],
-            &[pcmu],
-            Some(101),
-            &LocalSdp { addr: "127.0.0.1".parse().unwrap(), session_id: 1, version: 1 },
-        );
+        let opus = RtpMap { pt: 111, encoding: "OPUS".into(), clock_rate: 48000, channels: 2 };
+        let local = LocalSdp { addr: "127.0.0.1".parse().unwrap(), session_id: 1, version: 1 };
+        let offer = build_offer(&[(40000, Some("1".into()))], &[pcmu.clone(), opus], Some(101), &[], &local);
         let sd = parse(&offer).unwrap();
         assert_eq!(sd.streams[0].direction, Direction::RecvOnly);
         assert_eq!(sd.streams[0].port, 40000);
         assert_eq!(sd.streams[0].label.as_deref(), Some("1"));
+        assert_eq!(sd.streams[0].proto, "RTP/AVP");
+        let text = String::from_utf8(offer).unwrap();
+        assert!(text.contains("m=audio 40000 RTP/AVP 0 111 101\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n"), "{text}");
+        // SDES: RTP/SAVP with our crypto lines.
+        let crypto = ["1 AES_CM_128_HMAC_SHA1_80 inline:KEY".to_owned()];
+        let sd = parse(&build_offer(&[(40000, None)], &[pcmu], None, &crypto, &local)).unwrap();
+        assert_eq!(sd.streams[0].proto, "RTP/SAVP");
+        assert_eq!(sd.streams[0].crypto[0].suite, "AES_CM_128_HMAC_SHA1_80");
     }
 }

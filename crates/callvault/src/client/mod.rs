@@ -680,7 +680,10 @@ async fn plain_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Res
     let Some(ok) = invite(sh, &mut leg, &[], body, out).await? else { return Ok(()) };
     let targets = media_targets(&ok.body, &sh.codecs)?;
     let cseq = leg.cseq();
-    let answer = sh.args.delayed_offer.then(|| ("application/sdp", answer_sdp(sh, &targets)));
+    let answer = match sh.args.delayed_offer {
+        true => Some(("application/sdp", answer_sdp(sh, &targets, &ok.body)?)),
+        false => None,
+    };
     leg.ack(cseq, answer).await?;
     let sources = [sh.source_a.clone(), sh.source_b.clone()];
     let plans = targets
@@ -691,8 +694,11 @@ async fn plain_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Res
     talk(sh, key, std::slice::from_mut(&mut leg), plans, out).await
 }
 
-/// Answer to the recorder's offer (delayed offer): sendonly, our codec.
-fn answer_sdp(sh: &Shared, targets: &[Option<Target>]) -> Vec<u8> {
+/// Answer to the recorder's offer (delayed offer): sendonly, our codec;
+/// with `--srtp`, RTP/SAVP with our key on the tag the recorder offered
+/// our suite under.
+fn answer_sdp(sh: &Shared, targets: &[Option<Target>], offer: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let offer = sdp::parse(offer).map_err(|e| anyhow::anyhow!("recorder SDP: {e}"))?;
     let ip = sh.pacer.local_addr().ip();
     let port = sh.pacer.local_addr().port();
     let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
@@ -700,14 +706,24 @@ fn answer_sdp(sh: &Shared, targets: &[Option<Target>]) -> Vec<u8> {
         "v=0\r\no=callvault-client {0} 1 IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
         fastrand::u32(..)
     );
-    for t in targets {
+    for (i, t) in targets.iter().enumerate() {
         let (c, pt) = t.as_ref().and_then(|(_, codecs)| codecs.first().copied()).unwrap_or((Codec::Pcmu, 0));
         let rtpmap = c.rtpmap();
+        let crypto = match &sh.srtp_offer {
+            Some(key) => {
+                let suite = key.suite.sdes_name();
+                let offered = offer.streams.get(i).and_then(|o| o.crypto.iter().find(|c| c.suite == suite));
+                let tag = offered.with_context(|| format!("the recorder's offer has no {suite}"))?.tag;
+                format!("a=crypto:{tag} {suite} {}\r\n", key.to_inline().as_str())
+            }
+            None => String::new(),
+        };
+        let proto = if crypto.is_empty() { "RTP/AVP" } else { "RTP/SAVP" };
         s.push_str(&format!(
-            "m=audio {port} RTP/AVP {pt} 101\r\na=rtpmap:{pt} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=sendonly\r\n"
+            "m=audio {port} {proto} {pt} 101\r\na=rtpmap:{pt} {rtpmap}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n{crypto}a=sendonly\r\n"
         ));
     }
-    s.into_bytes()
+    Ok(s.into_bytes())
 }
 
 async fn forked_call(sh: &Shared, key: u64, out: &mut CallOutcome) -> anyhow::Result<()> {
@@ -774,7 +790,7 @@ async fn forked_leg(
     }
     let targets = media_targets(&ok.body, &sh.codecs)?;
     let cseq = leg.cseq();
-    leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets)))).await?;
+    leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets, &ok.body)?))).await?;
     let plan =
         targets.first().cloned().flatten().map(|(dest, codecs)| plan(sh, dest, &codecs, source, role == "x-nearend"));
     Ok(Some((leg, plan)))

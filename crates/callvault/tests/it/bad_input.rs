@@ -179,6 +179,7 @@ fn assert_metric_labels_bounded(node: &Node) {
                     "storage_failure",
                     "metadata_not_stored",
                     "no_ack",
+                    "answer_refused",
                     "administrator",
                     "shutdown",
                 ]

@@ -315,4 +315,34 @@ fn srtp_calls_record_every_suite_and_wrong_keys_are_dropped_and_counted() {
     assert_eq!(s["calls"][0]["status"], 488, "{s:#}");
     let s = call(strict.sip_udp, &["--duration", "1", "--srtp", "AEAD_AES_128_GCM"]);
     established(&s);
+    // Delayed offer: our offer is SDES; the answer's key is used, and a
+    // plain answer ends the call instead of recording it in clear.
+    let s = call(
+        strict.sip_udp,
+        &[
+            "--mode",
+            "plain",
+            "--delayed-offer",
+            "--duration",
+            "2",
+            "--codec",
+            "g722",
+            "--srtp",
+            "AES_CM_128_HMAC_SHA1_32",
+        ],
+    );
+    established(&s);
+    let rec = strict.finished(&call_id(&s, 0));
+    assert_eq!(rec["state"], "completed", "{rec:#}");
+    assert_eq!(rec["streams"][0]["srtp"], "AES_CM_128_HMAC_SHA1_32", "{rec:#}");
+    assert_eq!(rec["streams"][0]["codecs"][0], "G722", "the codec the answer chose: {rec:#}");
+    assert_eq!(rec["streams"][0]["stats"]["srtp_auth_failures"], 0);
+    strict.audio(&rec).assert_tone(0, 440.0, 1000.0, 200, 1800);
+    let s = call(strict.sip_udp, &["--mode", "plain", "--delayed-offer", "--duration", "3"]);
+    assert_eq!(s["calls"][0]["ended_by_recorder"], true, "{s:#}");
+    let rec = strict.finished(&call_id(&s, 0));
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    let last = rec["state_history"].as_array().unwrap().last().unwrap().clone();
+    assert!(last["reason"].as_str().unwrap().contains("SRTP required"), "{rec:#}");
+    assert!(!strict.log().contains("inline:"), "a key leaked");
 }

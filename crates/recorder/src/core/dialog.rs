@@ -1,7 +1,7 @@
 //! Requests inside a dialog (re-INVITE/UPDATE, ACK, BYE, INFO) and how
 //! legs and recordings end.
 
-use super::invite::{apply_parties, codec_map};
+use super::invite::{apply_parties, codec_map, offer_codecs, offer_crypto, offer_rtpmaps};
 use super::*;
 
 impl Recorder {
@@ -62,8 +62,10 @@ impl Recorder {
             let local = LocalSdp { addr: leg.local_ip, session_id: leg.sdp_session, version: leg.sdp_version };
             let streams: Vec<(u16, Option<String>)> =
                 leg.streams.iter().map(|s| (s.port.rtp, s.spec.label.clone())).collect();
-            let codecs: Vec<RtpMap> = [0u8, 8].iter().filter_map(|pt| sdp::static_rtpmap(*pt)).collect();
-            body = Some(sdp::build_offer(&streams, &codecs, Some(OFFER_TE_PT), &local));
+            let codecs = offer_rtpmaps(&offer_codecs());
+            let srtp = self.cfg.srtp_required || leg.streams.iter().any(|s| s.spec.srtp.is_some());
+            let crypto = if srtp { offer_crypto() } else { Vec::new() };
+            body = Some(sdp::build_offer(&streams, &codecs, Some(OFFER_TE_PT), &crypto, &local));
         }
 
         if let Some(update) = md {
@@ -209,7 +211,7 @@ impl Recorder {
         Ok(sdp::build_answer(sd, &negotiated, &ports, &local))
     }
 
-    pub(super) fn on_ack(&mut self, _now: Now, req: Request, _peer: Peer) {
+    pub(super) fn on_ack(&mut self, now: Now, req: Request, _peer: Peer) {
         if req.cseq_mismatch() == Some(CSeqMismatch::Tolerated) {
             self.counters.tolerate(Tolerated::CSeqMethodMismatch);
         }
@@ -224,9 +226,18 @@ impl Recorder {
         }
         leg.awaiting_answer = false;
         // Delayed offer: the ACK carries the answer to the offer in our 2xx.
-        let Ok(body) = classify_body(req.content_type().as_ref(), &req.body) else { return };
-        let Some(answer) = body.sdp.as_deref().and_then(|b| sdp::parse(b).ok()) else { return };
+        let answer = classify_body(req.content_type().as_ref(), &req.body)
+            .ok()
+            .and_then(|body| body.sdp.as_deref().and_then(|b| sdp::parse(b).ok()));
+        let Some(answer) = answer else {
+            if self.cfg.srtp_required {
+                let why = "SRTP required: the ACK carried no answer to our offer";
+                self.end_leg(now, &key, true, RecordingState::Failed, EndCause::AnswerRefused, why);
+            }
+            return;
+        };
         let mut updates = Vec::new();
+        let mut plain = false;
         for (i, ls) in leg.streams.iter_mut().enumerate() {
             let Some(a) = answer.streams.get(i) else { continue };
             let mut spec = ls.spec.clone();
@@ -239,10 +250,19 @@ impl Recorder {
             }
             spec.remote = a.remote().or(spec.remote);
             spec.held = a.is_held();
+            // SDES: the answer's crypto line carries the key the platform sends with.
+            spec.srtp =
+                a.crypto.iter().find_map(|c| SrtpKey::from_inline(SrtpSuite::from_sdes(&c.suite)?, &c.key_params));
+            plain |= spec.srtp.is_none();
             if spec != ls.spec {
                 ls.spec = spec.clone();
                 updates.push(spec);
             }
+        }
+        if plain && self.cfg.srtp_required {
+            let why = "SRTP required: the answer to our offer has no usable a=crypto";
+            self.end_leg(now, &key, true, RecordingState::Failed, EndCause::AnswerRefused, why);
+            return;
         }
         let recording = leg.recording;
         if let Some(rec) = self.recordings.get_mut(&recording) {
@@ -250,6 +270,7 @@ impl Recorder {
                 if let Some(sr) = rec.meta.streams.iter_mut().find(|s| s.local_port == u.port.rtp) {
                     sr.codecs = u.codec_names();
                     sr.remote = u.remote.map(|a| a.to_string());
+                    sr.srtp = u.srtp.as_ref().map(|k| k.suite.sdes_name().to_owned());
                 }
             }
         }

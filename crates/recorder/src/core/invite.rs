@@ -146,7 +146,8 @@ impl Recorder {
 
         // Streams of this leg.
         let mut leg_streams = Vec::new();
-        let offered_codecs = [(0u8, Codec::Pcmu), (8u8, Codec::Pcma)];
+        let offered_codecs = offer_codecs();
+        let offered_crypto = if self.cfg.srtp_required { offer_crypto() } else { Vec::new() };
         match &negotiated {
             Some(n) => {
                 for (slot, s) in n.iter().filter(|s| s.accepted).enumerate() {
@@ -162,13 +163,13 @@ impl Recorder {
                     port: ports[0],
                     channel: channel_of(0),
                     label: None,
-                    codecs: offered_codecs.to_vec(),
+                    codecs: offered_codecs.clone(),
                     telephone_event: Some(OFFER_TE_PT),
                     comfort_noise: None,
                     remote: None,
                     rtcp_mux: false,
                     held: false,
-                    // Our own offer is plain RTP (SDES in delayed offer: not yet).
+                    // With SRTP required, the key comes with the answer (ACK).
                     srtp: None,
                 };
                 leg_streams.push(LegStream { index: 0, id, port: ports[0], spec });
@@ -184,8 +185,8 @@ impl Recorder {
                 sdp::build_answer(sd, n, &port_list, &local)
             }
             _ => {
-                let codecs: Vec<RtpMap> = offered_codecs.iter().filter_map(|(pt, _)| sdp::static_rtpmap(*pt)).collect();
-                sdp::build_offer(&[(ports[0].rtp, None)], &codecs, Some(OFFER_TE_PT), &local)
+                let codecs = offer_rtpmaps(&offered_codecs);
+                sdp::build_offer(&[(ports[0].rtp, None)], &codecs, Some(OFFER_TE_PT), &offered_crypto, &local)
             }
         };
 
@@ -439,6 +440,44 @@ impl Recorder {
             srtp: s.crypto.as_ref().and_then(|c| SrtpKey::from_inline(SrtpSuite::from_sdes(&c.suite)?, &c.key_params)),
         }
     }
+}
+
+/// Payload type of Opus in our own offers (dynamic, RFC 7587).
+const OFFER_OPUS_PT: u8 = 111;
+
+/// Codecs of our own offer (delayed offer, re-INVITE without SDP): every
+/// codec this build decodes, G.711 first. Answerers mostly take the first
+/// they support, and such a call's recording rate is fixed before the
+/// answer comes: 8 kHz (a wideband codec chosen is recorded narrowband).
+pub(super) fn offer_codecs() -> Vec<(u8, Codec)> {
+    Codec::ALL
+        .into_iter()
+        .filter(|c| c.is_built())
+        .map(|c| (c.static_payload_type().unwrap_or(OFFER_OPUS_PT), c))
+        .collect()
+}
+
+pub(super) fn offer_rtpmaps(codecs: &[(u8, Codec)]) -> Vec<RtpMap> {
+    codecs
+        .iter()
+        .map(|&(pt, c)| RtpMap {
+            pt,
+            encoding: c.name().to_ascii_uppercase(),
+            clock_rate: c.clock_rate(),
+            channels: if c == Codec::Opus { 2 } else { 1 },
+        })
+        .collect()
+}
+
+/// SDES lines of our own offer when SRTP is required: every suite we
+/// decrypt, each with a fresh key of ours (we never send media, so the
+/// key is never used; the platform's key comes in its answer).
+pub(super) fn offer_crypto() -> Vec<String> {
+    SrtpSuite::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, &suite)| format!("{} {} {}", i + 1, suite.sdes_name(), SrtpKey::random(suite).to_inline().as_str()))
+        .collect()
 }
 
 /// The decodable codecs of an SDP codec list, by payload type.
