@@ -99,6 +99,10 @@ pub struct CallArgs {
     /// `--duration` (a mid-call codec change).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pcmu")]
     pub codec: Vec<CodecArg>,
+    /// Stream B (every second stream; the far-end leg of a forked call)
+    /// offers and sends only this codec: two legs at different rates.
+    #[arg(long, value_enum)]
+    pub codec_b: Option<CodecArg>,
     /// Silence suppression: G.729 Annex B (SID frames, then nothing) and
     /// Opus DTX (after 200 ms of silence, a one-byte packet every 400 ms).
     #[arg(long)]
@@ -397,15 +401,20 @@ fn offer_sdp_with(sh: &Shared, count: usize, labels: bool, codecs: &[Codec], ver
     let ip = sh.pacer.local_addr().ip();
     let port = sh.pacer.local_addr().port();
     let fam = if ip.is_ipv4() { "IP4" } else { "IP6" };
-    let formats: Vec<String> = codecs.iter().map(|&c| codec_pt(c).to_string()).collect();
-    let formats = formats.join(" ");
-    let lines = codec_lines(sh, codecs);
     let mut s = format!(
         "v=0\r\no=callvault-client {0} {version} IN {fam} {ip}\r\ns=callvault test call\r\nc=IN {fam} {ip}\r\nt=0 0\r\n",
         sh.sdp_session
     );
     let proto = if sh.srtp_offer.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
     for i in 0..count {
+        let codec_b = sh.args.codec_b.map(|c| [c.codec()]);
+        let codecs = match &codec_b {
+            Some(b) if i % 2 == 1 => &b[..],
+            _ => codecs,
+        };
+        let formats: Vec<String> = codecs.iter().map(|&c| codec_pt(c).to_string()).collect();
+        let formats = formats.join(" ");
+        let lines = codec_lines(sh, codecs);
         s.push_str(&format!(
             "m=audio {port} {proto} {formats} 101\r\n{lines}\
              a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n"
@@ -788,7 +797,11 @@ async fn forked_leg(
     if ok.content_type().is_none_or(|t| !t.is("application/sdp")) {
         bail!("recorder answered a delayed-offer INVITE without an SDP offer");
     }
-    let targets = media_targets(&ok.body, &sh.codecs)?;
+    let want = match sh.args.codec_b {
+        Some(b) if role == "x-farend" => vec![b.codec()],
+        _ => sh.codecs.clone(),
+    };
+    let targets = media_targets(&ok.body, &want)?;
     let cseq = leg.cseq();
     leg.ack(cseq, Some(("application/sdp", answer_sdp(sh, &targets, &ok.body)?))).await?;
     let plan =

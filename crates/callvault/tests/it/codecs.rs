@@ -178,14 +178,8 @@ fn silence_suppressed_beeps_stay_in_place(codec: &str, rate: u64) {
     assert_eq!(st["decode_failures"], 0, "{st}");
     assert!(spans(&rec, 0)[0].0.eq_ignore_ascii_case(codec), "{:?}", spans(&rec, 0));
     let wav = node.audio(&rec);
-    // First ms from `from_ms` where 40 ms of the channel pass a beep's level.
-    let onset = |ch: usize, from_ms: u64| -> i64 {
-        (from_ms..from_ms + 600)
-            .find(|&ms| media::signal::rms(wav.slice(ch, ms, ms + 40)) > 2000.0)
-            .unwrap_or_else(|| panic!("no beep on channel {ch} after {from_ms} ms")) as i64
-    };
     let onsets = |ch: usize, first: u64| -> Vec<i64> {
-        (0..3u64).map(|k| onset(ch, first - 100 + 1000 * k) - 1000 * k as i64).collect()
+        (0..3u64).map(|k| onset(&wav, ch, first - 100 + 1000 * k) - 1000 * k as i64).collect()
     };
     let (oa, ob) = (onsets(0, 1000), onsets(1, 1500));
     let ctx = format!("A onsets - k s: {oa:?}; B: {ob:?}");
@@ -199,6 +193,45 @@ fn silence_suppressed_beeps_stay_in_place(codec: &str, rate: u64) {
         // Between beeps: the sender's silence, suppressed, is silence here.
         let quiet = media::signal::rms(wav.slice(0, at + 400, at + 900));
         assert!(quiet < 100.0, "channel 0 between beeps at {at} ms: rms {quiet:.0}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// First ms from `from_ms` where 40 ms of the channel pass a beep's level.
+fn onset(wav: &Wav, ch: usize, from_ms: u64) -> i64 {
+    (from_ms..from_ms + 600)
+        .find(|&ms| media::signal::rms(wav.slice(ch, ms, ms + 40)) > 2000.0)
+        .unwrap_or_else(|| panic!("no beep on channel {ch} after {from_ms} ms")) as i64
+}
+
+/// The two sides of a call on codecs of different rates (A on PCMU at
+/// 8 kHz, B on G.722 at 16 kHz): one 16 kHz file, the 8 kHz leg resampled
+/// without images (nothing mirrored above 4 kHz), both legs aligned.
+#[test]
+fn an_8_khz_leg_and_a_16_khz_leg_share_one_aligned_file_without_images() {
+    let node = Node::start("mixed-rates");
+    let dir = crate::harness::temp_dir("mixed-rates");
+    let (a, b) = (dir.join("a.wav"), dir.join("b.wav"));
+    crate::calls::beeps(&a, 3.5, 700.0, &[1000, 2000]);
+    crate::calls::beeps(&b, 3.5, 1300.0, &[1500, 2500]);
+    let (wa, wb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let s =
+        call(node.sip_udp, &["--duration", "3", "--codec", "pcmu", "--codec-b", "g722", "--wav-a", wa, "--wav-b", wb]);
+    let rec = node.finished(&call_id(&s));
+    assert_eq!(rec["audio"]["sample_rate"], 16000, "{rec:#}");
+    assert_eq!(spans(&rec, 0)[0].0, "PCMU");
+    assert_eq!(spans(&rec, 1)[0].0, "G722");
+    let wav = node.audio(&rec);
+    for k in 0..2u64 {
+        let (oa, ob) = (onset(&wav, 0, 900 + 1000 * k), onset(&wav, 1, 1400 + 1000 * k));
+        assert!((ob - oa - 500).abs() <= 10, "beep {k}: B at {ob} ms must trail A at {oa} ms by 500 ms");
+        let at = oa as u64;
+        wav.assert_tone(0, 700.0, 1300.0, at + 20, at + 180);
+        // An upsampler without a good filter leaves the tone's image at
+        // 8000 - 700 Hz; the recording must not carry it.
+        let (tone, image) = (wav.power(0, 700.0, at + 20, at + 180), wav.power(0, 7300.0, at + 20, at + 180));
+        assert!(image < tone / 1000.0, "beep {k}: image at 7.3 kHz {image:.2e} vs tone {tone:.2e}");
+        wav.assert_tone(1, 1300.0, 700.0, ob as u64 + 20, ob as u64 + 180);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
