@@ -5,9 +5,11 @@
 //!     sockets as the recorder would use, fed by the same pacer the load
 //!     generator uses; CPU per packet from the sink thread's CPU clock.
 //! (b) **Recorder**: the real `callvault serve` in a child process, N
-//!     concurrent G.711 SIPREC calls from the load generator; CPU per
-//!     packet from the child's /proc counters over a window in the middle
-//!     of the calls, loss from its metrics. N grows until packets are lost.
+//!     concurrent SIPREC calls (G.711 unless `--codec`/`--srtp` say
+//!     otherwise) from the load generator; CPU per packet from the child's
+//!     /proc counters over a window in the middle of the calls, loss from
+//!     its metrics. N grows until packets are lost. `--compare` ramps
+//!     each codec and SRTP in turn and sets them against G.711's ramp.
 //! (c) **Setup rate**: INVITE→200 for many short calls at high concurrency.
 //!
 //! Ratios (b)/(a) are what to compare across machines: the box is shared
@@ -51,6 +53,40 @@ pub struct IngestArgs {
     /// Send SRTP with this SDES suite (e.g. AES_CM_128_HMAC_SHA1_80).
     #[arg(long)]
     pub srtp: Option<String>,
+    /// Ramp G.711, G.711 with SRTP, G.722, Opus and (in a `g729` build)
+    /// G.729 one after another against the same server, and print each
+    /// one's zero-loss maximum and cost as ratios to G.711's and to the
+    /// bare receive floor of this same run (`--codec`/`--srtp` ignored).
+    #[arg(long)]
+    pub compare: bool,
+}
+
+/// What the load generator sends in one ramp.
+#[derive(Debug, Clone, Serialize)]
+struct Load {
+    codec: String,
+    srtp: Option<String>,
+}
+
+impl Load {
+    fn name(&self) -> String {
+        match &self.srtp {
+            Some(suite) => format!("{} + SRTP {suite}", self.codec),
+            None => self.codec.clone(),
+        }
+    }
+
+    /// The loads `--compare` ramps, G.711 first (the reference).
+    fn compared() -> Vec<Load> {
+        let plain = |c: &str| Load { codec: c.into(), srtp: None };
+        let mut loads =
+            vec![plain("pcmu"), Load { codec: "pcmu".into(), srtp: Some("AES_CM_128_HMAC_SHA1_80".into()) }];
+        loads.extend([plain("g722"), plain("opus")]);
+        if Codec::G729.is_built() {
+            loads.push(plain("g729"));
+        }
+        loads
+    }
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -74,14 +110,28 @@ struct Step {
     ratio: f64,
 }
 
+/// One load's ramp: steps until loss (or the generator's limit).
 #[derive(Debug, Serialize)]
-struct Report {
-    cores: usize,
+struct Ramp {
+    load: Load,
     steps: Vec<Step>,
     max_calls_without_loss: usize,
     /// Set when the load generator could not offer the next step's load
     /// (it shares the machine): the recorder's limit lies beyond.
     generator_saturated_at: Option<usize>,
+}
+
+impl Ramp {
+    /// The last step without loss.
+    fn clean_max(&self) -> Option<&Step> {
+        self.steps.iter().find(|s| s.calls == self.max_calls_without_loss)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    cores: usize,
+    ramps: Vec<Ramp>,
     setup_calls: usize,
     setup_calls_per_s: f64,
     setup_ms_p50: f64,
@@ -164,23 +214,25 @@ fn sink(sockets: usize, pacer: &Pacer, window: Duration) -> anyhow::Result<Floor
     Ok(Floor { sockets, packets: n, cpu_ns_per_packet: cpu as f64 / n as f64 })
 }
 
-pub fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    eprintln!("callvault bench on {cores} cores");
-    let pacer = Pacer::start("127.0.0.1:0".parse()?)?;
-
-    let server = start_server()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+/// Raises the number of concurrent calls of `load` step by step until
+/// packets are lost, late or the load generator falls short.
+fn ramp(
+    args: &IngestArgs,
+    load: &Load,
+    server: &super::Server,
+    pacer: &Pacer,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Ramp> {
     let mut steps = Vec::new();
     let mut max_ok = 0;
     let mut saturated = None;
     let mut n = args.start.max(1);
     while n <= args.max {
         eprintln!("step: {n} concurrent calls ({} streams, {} packets/s)", 2 * n, 100 * n);
-        let floor = sink(2 * n, &pacer, Duration::from_secs(args.window))?;
+        let floor = sink(2 * n, pacer, Duration::from_secs(args.window))?;
         let duration = 3 + args.window + 3;
         let mut extra: Vec<&str> = Vec::new();
-        if let Some(suite) = &args.srtp {
+        if let Some(suite) = &load.srtp {
             extra.extend(["--srtp", suite.as_str()]);
         }
         let ca = call_args(
@@ -197,7 +249,7 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
                 "--setup-timeout",
                 "30",
                 "--codec",
-                &args.codec,
+                &load.codec,
                 "--precoded",
             ]
             .into_iter()
@@ -264,6 +316,24 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(2)); // let the recordings close
     }
 
+    Ok(Ramp { load: load.clone(), steps, max_calls_without_loss: max_ok, generator_saturated_at: saturated })
+}
+
+pub fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("callvault bench on {cores} cores");
+    let pacer = Pacer::start("127.0.0.1:0".parse()?)?;
+
+    let server = start_server()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let loads =
+        if args.compare { Load::compared() } else { vec![Load { codec: args.codec.clone(), srtp: args.srtp.clone() }] };
+    let mut ramps = Vec::new();
+    for load in loads {
+        eprintln!("== ramp: {}", load.name());
+        ramps.push(ramp(&args, &load, &server, &pacer, &rt)?);
+    }
+
     eprintln!("setup rate: {} calls", args.setup_calls);
     let ca = call_args(
         server.sip,
@@ -274,25 +344,35 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
     let rate = s.established as f64 / t0.elapsed().as_secs_f64();
     let report = Report {
         cores,
-        steps,
-        max_calls_without_loss: max_ok,
-        generator_saturated_at: saturated,
+        ramps,
         setup_calls: s.attempted,
         setup_calls_per_s: rate,
         setup_ms_p50: s.setup_ms_p50,
         setup_ms_p95: s.setup_ms_p95,
     };
+    for r in &report.ramps {
+        print_ramp(report.cores, r);
+    }
+    if report.ramps.len() > 1 {
+        print_comparison(&report.ramps);
+    }
     println!(
-        "\n== callvault bench ({} cores, codec {}{})",
-        report.cores,
-        args.codec,
-        args.srtp.as_deref().map(|s| format!(", SRTP {s}")).unwrap_or_default()
+        "call setup: {} calls, {:.0} calls/s, INVITE->200 p50 {:.1} ms, p95 {:.1} ms ({} failed)",
+        report.setup_calls, report.setup_calls_per_s, report.setup_ms_p50, report.setup_ms_p95, s.failed
     );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}
+
+fn print_ramp(cores: usize, r: &Ramp) {
+    println!("\n== callvault bench ({cores} cores, {})", r.load.name());
     println!(
         "{:>6} {:>9} {:>7} {:>12} {:>12} {:>7} {:>6} {:>6}",
         "calls", "pkt/s", "cpu%", "ns/pkt", "floor ns", "ratio", "lost", "late"
     );
-    for s in &report.steps {
+    for s in &r.steps {
         println!(
             "{:>6} {:>9.0} {:>7.1} {:>12.0} {:>12.0} {:>7.2} {:>6} {:>6}",
             s.calls,
@@ -305,16 +385,42 @@ pub fn run(args: IngestArgs) -> anyhow::Result<()> {
             s.late
         );
     }
-    println!("max concurrent calls with zero loss: {}", report.max_calls_without_loss);
-    if let Some(n) = report.generator_saturated_at {
+    println!("max concurrent calls with zero loss: {}", r.max_calls_without_loss);
+    if let Some(n) = r.generator_saturated_at {
         println!("(at {n} calls the load generator, on the same machine, could not offer the load; the recorder's limit is higher)");
     }
+}
+
+/// Each load against the first (G.711) and the floor, all from this run.
+fn print_comparison(ramps: &[Ramp]) {
+    let base = &ramps[0];
+    let base_calls = base.max_calls_without_loss.max(1) as f64;
+    let base_ns = base.clean_max().map(|s| s.cpu_ns_per_packet);
+    println!("\n== zero-loss maximum and cost per packet, against {} in this run", base.load.name());
     println!(
-        "call setup: {} calls, {:.0} calls/s, INVITE->200 p50 {:.1} ms, p95 {:.1} ms ({} failed)",
-        report.setup_calls, report.setup_calls_per_s, report.setup_ms_p50, report.setup_ms_p95, s.failed
+        "{:<40} {:>10} {:>9} {:>12} {:>9} {:>9}",
+        "load", "max calls", "vs G.711", "ns/pkt @max", "vs G.711", "vs floor"
     );
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    for r in ramps {
+        let limit = if r.generator_saturated_at.is_some() { "+" } else { "" };
+        let calls = format!("{}{limit}", r.max_calls_without_loss);
+        let (ns, vs_base, vs_floor) = match (r.clean_max(), base_ns) {
+            (Some(s), Some(b)) => (
+                format!("{:.0}", s.cpu_ns_per_packet),
+                format!("{:.2}x", s.cpu_ns_per_packet / b),
+                format!("{:.1}x", s.ratio),
+            ),
+            _ => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<40} {:>10} {:>8.2}x {:>12} {:>9} {:>9}",
+            r.load.name(),
+            calls,
+            r.max_calls_without_loss as f64 / base_calls,
+            ns,
+            vs_base,
+            vs_floor
+        );
     }
-    Ok(())
+    println!("(+: the load generator ran out before the recorder lost a packet; the limit is higher)");
 }
