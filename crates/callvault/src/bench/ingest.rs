@@ -391,29 +391,34 @@ fn print_ramp(cores: usize, r: &Ramp) {
     }
 }
 
-/// Each load against the first (G.711) and the floor, all from this run.
+/// Each load against the first (G.711) and the floor, all from this run:
+/// the zero-loss maxima, and the cost per packet at a load's maximum
+/// against G.711's at the same number of calls (per-packet cost falls as
+/// batches grow with load, so only equal loads compare).
 fn print_comparison(ramps: &[Ramp]) {
     let base = &ramps[0];
     let base_calls = base.max_calls_without_loss.max(1) as f64;
-    let base_ns = base.clean_max().map(|s| s.cpu_ns_per_packet);
     println!("\n== zero-loss maximum and cost per packet, against {} in this run", base.load.name());
     println!(
-        "{:<40} {:>10} {:>9} {:>12} {:>9} {:>9}",
-        "load", "max calls", "vs G.711", "ns/pkt @max", "vs G.711", "vs floor"
+        "{:<40} {:>10} {:>9} {:>12} {:>16} {:>9}",
+        "load", "max calls", "vs G.711", "ns/pkt @max", "vs G.711 @same", "vs floor"
     );
     for r in ramps {
         let limit = if r.generator_saturated_at.is_some() { "+" } else { "" };
         let calls = format!("{}{limit}", r.max_calls_without_loss);
-        let (ns, vs_base, vs_floor) = match (r.clean_max(), base_ns) {
-            (Some(s), Some(b)) => (
-                format!("{:.0}", s.cpu_ns_per_packet),
-                format!("{:.2}x", s.cpu_ns_per_packet / b),
-                format!("{:.1}x", s.ratio),
-            ),
-            _ => ("-".into(), "-".into(), "-".into()),
+        let (ns, vs_base, vs_floor) = match r.clean_max() {
+            Some(s) => {
+                let same = base.steps.iter().find(|b| b.calls == s.calls && b.lost == 0 && b.late == 0);
+                (
+                    format!("{:.0}", s.cpu_ns_per_packet),
+                    same.map_or("-".into(), |b| format!("{:.2}x", s.cpu_ns_per_packet / b.cpu_ns_per_packet)),
+                    format!("{:.1}x", s.ratio),
+                )
+            }
+            None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
-            "{:<40} {:>10} {:>8.2}x {:>12} {:>9} {:>9}",
+            "{:<40} {:>10} {:>8.2}x {:>12} {:>16} {:>9}",
             r.load.name(),
             calls,
             r.max_calls_without_loss as f64 / base_calls,
