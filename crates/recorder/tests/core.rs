@@ -817,9 +817,10 @@ fn too_many_answers_waiting_for_the_disk_refuse_new_calls() {
 
 /// A re-INVITE that moves the call to another codec (Webex and Teams
 /// gateways go G.711 → Opus mid-call) updates the streams in place: same
-/// recording, same ports, the new codec table with Opus's FEC asked for.
+/// recording, same ports, the new codec table with Opus's FEC asked for;
+/// an UPDATE with an offer does the same.
 #[test]
-fn a_reinvite_switching_codec_updates_the_streams_in_place() {
+fn a_reinvite_or_update_switching_codec_updates_the_streams_in_place() {
     let mut h = Harness::new();
     let offer = |codecs: &str, maps: &str| {
         format!(
@@ -856,5 +857,21 @@ fn a_reinvite_switching_codec_updates_the_streams_in_place() {
         .expect("stream updated");
     assert_eq!(update.codecs, vec![(111, media::Codec::Opus), (9, media::Codec::G722)]);
     assert_eq!(Some(update.port), port, "same ports: the recording goes on");
+    assert!(!out.media.iter().any(|m| matches!(m, MediaCommand::Start { .. })), "no second recording");
+
+    // An UPDATE with a new offer (RFC 3311) moves it on to G.722 alone, the same way.
+    let g722 = offer("9", "a=rtpmap:9 G722/8000\n");
+    let update_req = h.request("UPDATE", "sw-1", 3, Some(&tag), "", Some("application/sdp"), &g722);
+    let out = h.send(&update_req);
+    assert_eq!(out.codes(), vec![200]);
+    let answer = String::from_utf8(out.last().body.clone()).unwrap();
+    assert!(answer.contains("RTP/AVP 9") && answer.contains("a=rtpmap:9 G722/8000"), "{answer}");
+    let update = out.media.iter().find_map(|m| match m {
+        MediaCommand::UpdateStream(s) => Some(s),
+        _ => None,
+    });
+    let update = update.expect("stream updated by UPDATE");
+    assert_eq!(update.codecs, vec![(9, media::Codec::G722)]);
+    assert_eq!(Some(update.port), port, "same ports after the UPDATE");
     assert!(!out.media.iter().any(|m| matches!(m, MediaCommand::Start { .. })), "no second recording");
 }
